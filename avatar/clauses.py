@@ -1,0 +1,80 @@
+"""Split a streaming LLM reply into clauses for speech synthesis.
+
+The first clause is cut as early as a natural pause allows (a comma is enough) so that speech starts
+while the model is still writing; later ones prefer sentence ends, so the voice keeps a natural prosody.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SENTENCE_END = re.compile(r"[.!?。！？…]+[\"')\]]*(?=\s|$)|\n+")
+_CLAUSE_END = re.compile(r"[,;:，；：、—]+(?=\s|$)")
+# Markdown and emoji mean nothing spoken; strip them before synthesis.
+_UNSPEAKABLE = re.compile(r"[*_#`~|<>\[\]{}]|[\U0001F000-\U0001FAFF\u2600-\u27BF]")
+
+
+def speakable(text: str) -> str:
+    return re.sub(r"\s+", " ", _UNSPEAKABLE.sub("", text)).strip()
+
+
+class ClauseSplitter:
+    def __init__(self, first_min_chars: int = 12, min_chars: int = 40, max_chars: int = 220):
+        self.first_min_chars = first_min_chars
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+        self._buffer = ""
+        self._emitted = 0
+
+    def push(self, piece: str) -> list[str]:
+        self._buffer += piece
+        out: list[str] = []
+        while True:
+            cut = self._find_cut()
+            if cut is None:
+                break
+            clause, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            clause = speakable(clause)
+            if clause:
+                out.append(clause)
+                self._emitted += 1
+        return out
+
+    def flush(self) -> list[str]:
+        clause, self._buffer = speakable(self._buffer), ""
+        return [clause] if clause else []
+
+    def _find_cut(self) -> int | None:
+        text = self._buffer
+        minimum = self.first_min_chars if self._emitted == 0 else self.min_chars
+        for match in _SENTENCE_END.finditer(text):
+            if match.end() >= min(minimum, self.first_min_chars) and len(text) > match.end():
+                return match.end()
+        if self._emitted == 0:
+            for match in _CLAUSE_END.finditer(text):
+                if match.end() >= minimum and len(text) > match.end():
+                    return match.end()
+        if len(text) > self.max_chars:  # a run-on sentence: cut at the last space
+            space = text.rfind(" ", 0, self.max_chars)
+            return space if space > 0 else self.max_chars
+        return None
+
+
+def heard_text(spans: list[tuple[int, int, str]], position: int) -> str:
+    """The part of a reply the listener heard, given (start, end, text) spans of audio on the output
+    timeline and the playback position when it stopped. Within a partly played span the text is cut in
+    proportion to the time played, at a word boundary."""
+    words: list[str] = []
+    for start, end, text in spans:
+        if position >= end:
+            words.append(text)
+        elif position > start:
+            fraction = (position - start) / max(1, end - start)
+            tokens = text.split()
+            n = int(len(tokens) * fraction)
+            if n:
+                words.append(" ".join(tokens[:n]))
+            break
+        else:
+            break
+    return " ".join(w for w in words if w).strip()

@@ -1,0 +1,221 @@
+"""The ``avatar`` command: serve, talk, face, render, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from avatar import __version__
+from avatar.errors import AvatarError
+
+
+def _parse_sets(items: list[str]) -> dict:
+    """--set section.key=value (value parsed as TOML: numbers, true/false, "strings" or bare words)."""
+    import tomllib
+
+    overrides: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set takes section.key=value (e.g. llm.model=smollm2-135m), got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word
+        overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def _load_config(args):
+    from avatar.config import load_config
+
+    overrides = _parse_sets(getattr(args, "set", None) or [])
+    if getattr(args, "data_dir", None):
+        overrides.setdefault("server", {})["data_dir"] = str(args.data_dir)
+    return load_config(args.config, overrides)
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_serve(args) -> int:
+    from avatar.runtime import Runtime
+    from avatar.server import AvatarServer
+
+    config = _load_config(args)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    runtime = Runtime.load(config, progress=_progress)
+    server = AvatarServer(runtime)
+
+    def ready(ws_server) -> None:
+        bound = ws_server.sockets[0].getsockname()[1] if ws_server.sockets else port
+        shown = "localhost" if host in ("127.0.0.1", "localhost", "0.0.0.0", "::") else host
+        print(f"avatar {__version__} is ready: open http://{shown}:{bound}/ in a browser "
+              f"(WebSocket: ws://{shown}:{bound}/ws)", flush=True)
+
+    try:
+        asyncio.run(server.serve_forever(host, port, on_ready=ready))
+    except OSError as exc:
+        raise AvatarError(f"cannot listen on {host}:{port}: {exc.strerror or exc}. "
+                          "Is another server running there? Pick another --port.") from None
+    finally:
+        runtime.close()
+    return 0
+
+
+def cmd_talk(args) -> int:
+    from avatar.client import talk, write_wav
+
+    if (args.wav is None) == (args.text is None):
+        raise SystemExit("avatar talk: give exactly one of --wav FILE or --text TEXT")
+    if args.wav is not None and not Path(args.wav).is_file():
+        raise SystemExit(f"avatar talk: no such file: {args.wav}")
+
+    def show(event: dict) -> None:
+        if args.json:
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+        elif event["type"] == "transcript" and event.get("final"):
+            print(f"you:   {event['text']}", flush=True)
+        elif event["type"] == "turn_end":
+            print(f"agent: {event['heard']}", flush=True)
+        elif event["type"] == "error":
+            print(f"error: {event['message']}", file=sys.stderr, flush=True)
+
+    result = asyncio.run(talk(args.url, wav=args.wav, text=args.text, session_id=args.session,
+                              user_id=args.user, video=not args.no_video, timeout=args.timeout, on_event=show))
+    summary = result.summary()
+    if args.out:
+        import numpy as np
+
+        audio = np.concatenate(result.audio) if result.audio else np.zeros(0, dtype="<i2")
+        write_wav(args.out, audio, result.output_rate)
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False), flush=True)
+    else:
+        lat = summary["latency_ms"]
+        print(f"session {summary['session_id']}: {summary['audio_seconds']} s of reply audio; "
+              f"voice-to-voice {lat['voice_to_voice']} ms")
+    return 0
+
+
+def cmd_face_add(args) -> int:
+    from avatar.face.offline import face_add_main
+
+    config = _load_config(args)
+    return face_add_main(args.photo, args.name, faces_dir=config.data_path / "faces", size=config.video.size)
+
+
+def cmd_render(args) -> int:
+    from avatar.face.offline import render_main
+
+    config = _load_config(args)
+    if (args.audio is None) == (args.text is None):
+        raise SystemExit("avatar render: give exactly one of --text TEXT or --audio WAV")
+    tts = None
+    if args.text is not None:
+        from avatar.models import load_tts
+
+        tts = load_tts(config.tts, config.persona)
+    return render_main(args.face or config.persona.face, text=args.text, audio_path=args.audio, out=args.output,
+                       tts=tts, fps=config.video.fps, size=config.video.size,
+                       faces_dirs=[Path(__file__).resolve().parent.parent / "faces", config.data_path / "faces"])
+
+
+def cmd_bench(args) -> int:
+    from avatar.bench import bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avatar", description="A real-time conversational digital human: "
+                                     "speak to a face in the browser; it listens, thinks and answers aloud.")
+    parser.add_argument("--version", action="version", version=f"avatar {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def config_options(p) -> None:
+        p.add_argument("--config", metavar="FILE", help="TOML config file (see config.example.toml)")
+        p.add_argument("--data-dir", metavar="DIR", help="where memory and added faces live "
+                       "(default $AVATAR_DATA_DIR or ~/.local/share/avatar)")
+        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                       help="override one config value, e.g. --set llm.model=smollm2-135m (repeatable)")
+
+    p = sub.add_parser("serve", help="serve the web page and the conversation WebSocket",
+                       description="Load the models once and serve the web client at / and the WebSocket at "
+                       "/ws on one port. Prints the URL to open when ready.")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8765; 0 picks a free one)")
+    config_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("talk", help="talk to a running server from the command line",
+                       description="Send a WAV (paced in real time, then silence, like a microphone) or a "
+                       "text, and print the reply. With --json: one JSON object per event, then a summary "
+                       "with latencies (voice_to_voice runs from the real end of speech in the input to "
+                       "the first reply audio received).")
+    p.add_argument("--url", default="ws://127.0.0.1:8765/ws", help="server WebSocket URL")
+    p.add_argument("--wav", help="speech to send (16-bit PCM WAV, any rate)")
+    p.add_argument("--text", help="text to send instead of speech")
+    p.add_argument("--session", help="session id to resume")
+    p.add_argument("--user", help="user id (history follows the user across sessions)")
+    p.add_argument("--out", metavar="WAV", help="write the reply audio here")
+    p.add_argument("--no-video", action="store_true", help="ask the server not to stream video")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the reply (default 90)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_talk)
+
+    p = sub.add_parser("face", help="manage portraits")
+    face_sub = p.add_subparsers(dest="face_command", metavar="ACTION")
+    fa = face_sub.add_parser("add", help="prepare a portrait photo as a face",
+                             description="Detect the face and its landmarks, crop, align and cache what the "
+                             "renderer needs. Errors name the problem (no face, several faces, too small).")
+    fa.add_argument("photo", help="a front-facing portrait (PNG or JPEG)")
+    fa.add_argument("--name", help="face name (default: the file name)")
+    config_options(fa)
+    fa.set_defaults(func=cmd_face_add)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    p = sub.add_parser("render", help="render a talking-head MP4 offline",
+                       description="Write an MP4 (H.264 video + AAC audio) of a face speaking a text or a WAV.")
+    p.add_argument("--face", help="face name or portrait path (default: the persona's face)")
+    p.add_argument("--text", help="text to speak (with the configured voice)")
+    p.add_argument("--audio", metavar="WAV", help="speech audio to lip-sync instead of --text")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.mp4")
+    config_options(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("bench", help="measure latency, concurrency and render speed")
+    config_options(p)
+    p.set_defaults(func=cmd_bench, _bench_parser=p)
+    try:
+        from avatar.bench import add_bench_arguments
+
+        add_bench_arguments(p)
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except AvatarError as exc:
+        print(f"avatar: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,206 @@
+"""A Python client of the protocol: ``avatar talk``, the tests and ``avatar bench`` use it.
+
+``talk()`` streams a WAV file paced in real time (then silence, as a microphone would) or sends a text,
+collects the events, and summarises the turn, with voice-to-voice latency measured from the real end of
+speech in the input to the first reply audio received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from websockets.asyncio.client import connect
+
+from avatar.protocol import INPUT_SAMPLE_RATE, KIND_AUDIO, KIND_VIDEO, parse_media_frame
+
+FRAME_S = 0.02  # microphone frames of 20 ms, like a browser AudioWorklet sends
+
+
+def read_wav(path: str | Path, rate: int = INPUT_SAMPLE_RATE) -> np.ndarray:
+    """A WAV file as float32 mono at ``rate`` (linear resampling; fine for speech at 16 kHz)."""
+    with wave.open(str(path), "rb") as wav:
+        channels, width, src_rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+        raw = wav.readframes(wav.getnframes())
+    if width != 2:
+        raise ValueError(f"{path}: only 16-bit PCM WAV files are supported (this one has {8 * width}-bit samples)")
+    audio = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        audio = audio.reshape(-1, channels).mean(axis=1)
+    if src_rate != rate and len(audio):
+        n = int(round(len(audio) * rate / src_rate))
+        audio = np.interp(np.linspace(0, len(audio) - 1, n), np.arange(len(audio)), audio).astype(np.float32)
+    return audio
+
+
+def write_wav(path: str | Path, pcm: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
+
+
+def speech_end_seconds(audio: np.ndarray, rate: int = INPUT_SAMPLE_RATE) -> float:
+    """Where speech really ends in a recording: the end of the last 20 ms frame louder than -35 dB
+    relative to the loudest frame. This is the reference for voice-to-voice latency."""
+    hop = int(rate * 0.02)
+    n = len(audio) // hop
+    if n == 0:
+        return 0.0
+    rms = np.sqrt(np.mean(audio[: n * hop].reshape(n, hop) ** 2, axis=1)) + 1e-9
+    loud = np.nonzero(20 * np.log10(rms / rms.max()) > -35)[0]
+    return float((loud[-1] + 1) * hop / rate) if len(loud) else 0.0
+
+
+@dataclass
+class TalkResult:
+    events: list[dict] = field(default_factory=list)
+    transcript: str = ""
+    reply: str = ""
+    audio: list[np.ndarray] = field(default_factory=list)
+    output_rate: int = 22050
+    session_id: str | None = None
+    video_frames: int = 0
+    first_audio_at: float | None = None
+    first_frame_at: float | None = None
+    speech_end_at: float | None = None
+    latency: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        v2v = None
+        if self.first_audio_at is not None and self.speech_end_at is not None:
+            v2v = round((self.first_audio_at - self.speech_end_at) * 1000.0, 1)
+        first_frame = None
+        if self.first_frame_at is not None and self.speech_end_at is not None:
+            first_frame = round((self.first_frame_at - self.speech_end_at) * 1000.0, 1)
+        samples = sum(len(a) for a in self.audio)
+        return {
+            "type": "summary",
+            "session_id": self.session_id,
+            "transcript": self.transcript,
+            "reply": self.reply,
+            "audio_seconds": round(samples / self.output_rate, 3),
+            "video_frames": self.video_frames,
+            "latency_ms": {
+                "voice_to_voice": v2v,
+                "first_frame": first_frame,
+                "endpoint": self.latency.get("endpoint_ms"),
+                "asr_final": self.latency.get("asr_final_ms"),
+                "llm_first_token": self.latency.get("llm_first_token_ms"),
+                "first_clause": self.latency.get("first_clause_ms"),
+                "tts_first_audio": self.latency.get("tts_first_audio_ms"),
+            },
+        }
+
+
+async def talk(
+    url: str,
+    *,
+    wav: str | Path | None = None,
+    audio: np.ndarray | None = None,
+    text: str | None = None,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    video: bool = True,
+    timeout: float = 90.0,
+    on_event: Callable[[dict], None] | None = None,
+) -> TalkResult:
+    """One exchange: say ``wav``/``audio`` (or type ``text``), wait for the reply to finish."""
+    if wav is not None:
+        audio = read_wav(wav)
+    result = TalkResult()
+    emit = on_event or (lambda event: None)
+    async with connect(url, max_size=None, open_timeout=30) as ws:
+        hello = {"type": "hello", "video": video}
+        if session_id:
+            hello["session_id"] = session_id
+        if user_id:
+            hello["user_id"] = user_id
+        await ws.send(json.dumps(hello))
+        done = asyncio.Event()
+        input_finished = asyncio.Event()
+        turns_open: set[int] = set()
+
+        async def receive() -> None:
+            async for message in ws:
+                now = time.monotonic()
+                if isinstance(message, bytes):
+                    kind, turn_id, position, payload = parse_media_frame(message)
+                    if kind == KIND_AUDIO:
+                        result.audio.append(np.frombuffer(payload, dtype="<i2"))
+                        if result.first_audio_at is None:
+                            result.first_audio_at = now
+                        event = {"type": "audio", "turn_id": turn_id, "position": position,
+                                 "samples": len(payload) // 2}
+                    elif kind == KIND_VIDEO:
+                        result.video_frames += 1
+                        if turn_id and result.first_frame_at is None:
+                            result.first_frame_at = now
+                        event = {"type": "video_frame", "turn_id": turn_id, "position": position,
+                                 "bytes": len(payload)}
+                    else:
+                        continue
+                else:
+                    event = json.loads(message)
+                    kind = event.get("type")
+                    if kind == "ready":
+                        result.session_id = event["session_id"]
+                        result.output_rate = event["audio"]["output_rate"]
+                    elif kind == "transcript" and event.get("final"):
+                        result.transcript = (result.transcript + " " + event["text"]).strip()
+                    elif kind == "turn_start":
+                        turns_open.add(event["turn_id"])
+                        done.clear()
+                    elif kind == "turn_end":
+                        turns_open.discard(event["turn_id"])
+                        result.reply = (result.reply + " " + event["reply"]).strip()
+                    elif kind == "latency" and not result.latency:
+                        result.latency = event
+                    if kind == "turn_end" and not turns_open:
+                        done.set()
+                result.events.append(event)
+                emit(event)
+
+        receiver = asyncio.create_task(receive())
+        try:
+            if text is not None:
+                result.speech_end_at = time.monotonic()
+                await ws.send(json.dumps({"type": "text", "text": text}))
+                input_finished.set()
+                await asyncio.wait_for(done.wait(), timeout)
+            else:
+                await _stream_audio(ws, audio, result, input_finished, done, timeout)
+        finally:
+            receiver.cancel()
+    return result
+
+
+async def _stream_audio(ws, audio, result: TalkResult, input_finished: asyncio.Event, done: asyncio.Event,
+                        timeout: float) -> None:
+    """Send audio paced in real time, then silence until the reply is over (a live microphone)."""
+    hop = int(INPUT_SAMPLE_RATE * FRAME_S)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    silence = np.zeros(hop, dtype="<i2").tobytes()
+    start = time.monotonic()
+    result.speech_end_at = start + speech_end_seconds(audio)
+    sent = 0
+    deadline = start + len(audio) / INPUT_SAMPLE_RATE + timeout
+    while time.monotonic() < deadline:
+        chunk = pcm[sent : sent + hop].tobytes() if sent < len(pcm) else silence
+        if sent >= len(pcm):
+            input_finished.set()
+            if done.is_set():
+                return
+        await ws.send(chunk)
+        sent += hop
+        delay = start + sent / INPUT_SAMPLE_RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    raise TimeoutError(f"no complete reply within {timeout:.0f} s after the input ended")

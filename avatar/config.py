@@ -1,0 +1,162 @@
+"""Configuration: one TOML file, every key optional. ``avatar serve --config FILE``.
+
+Sections mirror the pipeline: [server], [persona], [vad], [asr], [llm], [tts], [video], [memory], [limits].
+Unknown keys are an error (a typo should not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from avatar.errors import ConfigError
+from avatar.vad.base import EndpointerConfig
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("AVATAR_DATA_DIR", Path.home() / ".local" / "share" / "avatar"))
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: str = ""  # "" means $AVATAR_DATA_DIR or ~/.local/share/avatar
+    web_root: str = ""  # "" means the web_client/ folder shipped with the package
+    # Tokens accepted on /ws. Empty: a token is generated at start-up when listening beyond localhost.
+    tokens: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)  # besides same-origin and localhost pages
+    require_token: str = "auto"  # "auto" (only beyond localhost) | "always" | "never"
+
+
+@dataclass
+class PersonaConfig:
+    name: str = "Ava"
+    language: str = "en"
+    system_prompt: str = (
+        "You are {name}, a friendly digital human who talks with people by voice. "
+        "Answer in one to three short spoken sentences. Do not use lists, markdown or emoji."
+    )
+    voice: str = "joe-medium"
+    face: str = "astronaut"
+
+
+@dataclass
+class ASRConfig:
+    backend: str = "faster-whisper"
+    model: str = "tiny.en"  # "tiny.en" | "base" (multilingual) | a CTranslate2 model directory
+    device: str = "cpu"  # "cpu" | "cuda" | "auto"
+    compute_type: str = "int8"  # "int8" on CPU, "float16" on CUDA
+    beam_size: int = 1
+    partial_interval_ms: int = 600  # how often to re-transcribe the utterance while the user speaks
+    cpu_threads: int = 1
+
+
+@dataclass
+class LLMConfig:
+    backend: str = "llama-cpp"  # "llama-cpp" | "transformers" | "openai"
+    model: str = "qwen2.5-0.5b"  # "qwen2.5-0.5b" | "smollm2-135m" | a GGUF / HF directory / remote name
+    url: str = ""  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    api_key: str = ""
+    device: str = "cpu"  # transformers: "cuda" | "cpu"
+    n_threads: int = 2
+    context_tokens: int = 4096
+    max_tokens: int = 160
+    temperature: float = 0.6
+
+
+@dataclass
+class TTSConfig:
+    backend: str = "piper"
+    voice: str = ""  # "" means the persona's voice; else a preset name or a .onnx path
+    length_scale: float = 1.0
+
+
+@dataclass
+class VideoConfig:
+    enabled: bool = True
+    fps: int = 25
+    size: int = 512
+    format: str = "jpeg"
+    quality: int = 80
+
+
+@dataclass
+class MemoryConfig:
+    # Old turns are dropped from the prompt (not from the database) beyond this share of the context.
+    prompt_budget: float = 0.6
+    max_turns_in_prompt: int = 24
+
+
+@dataclass
+class LimitsConfig:
+    max_message_bytes: int = 256 * 1024
+    max_text_chars: int = 2000
+    audio_rate_slack: float = 1.5  # audio may arrive this much faster than real time
+    turns_per_minute: int = 30
+    max_sessions: int = 32
+    max_sessions_per_client: int = 8
+    idle_timeout_s: float = 600.0
+    stage_timeout_s: float = 30.0
+    audio_lead_s: float = 0.12  # reply audio is scheduled this far ahead of the playback clock
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    persona: PersonaConfig = field(default_factory=PersonaConfig)
+    vad: EndpointerConfig = field(default_factory=EndpointerConfig)
+    asr: ASRConfig = field(default_factory=ASRConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir) if self.server.data_dir else default_data_dir()
+
+    @property
+    def system_prompt(self) -> str:
+        return self.persona.system_prompt.replace("{name}", self.persona.name)
+
+
+def _fill(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a table, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting '{where}.{key}'; known: {', '.join(sorted(known))}")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _fill(type(default), value, f"{where}.{key}" if where else key)
+        else:
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not type(default):
+                raise ConfigError(
+                    f"setting '{where}.{key}' should be {type(default).__name__}, got {value!r}"
+                )
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Read a TOML file (or nothing) and apply ``overrides`` ({"section": {"key": value}})."""
+    data: dict = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    return _fill(Config, data, "")

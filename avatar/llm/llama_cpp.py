@@ -1,0 +1,65 @@
+"""Chat LLM on the CPU with llama-cpp-python, from a GGUF file (chat template read from the GGUF)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+from avatar.config import LLMConfig
+from avatar.errors import ModelMissingError
+from avatar.weights import llm_gguf
+
+
+class LlamaCppLLM:
+    """One llama.cpp context shared by every session.
+
+    A context holds one KV cache and is not thread-safe, so generations take turns behind a lock. The
+    cache keeps the longest common prompt prefix between calls, so a session's next turn re-evaluates
+    only its new messages when no other session spoke in between.
+    """
+
+    def __init__(self, cfg: LLMConfig):
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise ModelMissingError(
+                "the llama-cpp backend needs llama-cpp-python. Fix: pip install llama-cpp-python==0.3.36"
+            ) from None
+        self.path = llm_gguf(cfg.model)
+        self.context_tokens = cfg.context_tokens
+        try:
+            self.llm = Llama(
+                model_path=str(self.path), n_ctx=cfg.context_tokens, n_threads=cfg.n_threads,
+                n_threads_batch=cfg.n_threads, verbose=False,
+            )
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            raise ModelMissingError(f"cannot load GGUF model {self.path}: {exc}") from None
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        # Tokenising only reads the vocabulary, so it needs no lock and never waits for a generation.
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def stream_chat(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        with self._lock:
+            if cancel is not None and cancel.is_set():
+                return
+            stream = self.llm.create_chat_completion(
+                messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
+            )
+            try:
+                for chunk in stream:
+                    if cancel is not None and cancel.is_set():
+                        break
+                    piece = chunk["choices"][0]["delta"].get("content")
+                    if piece:
+                        yield piece
+            finally:
+                stream.close()  # stops llama.cpp evaluating further tokens

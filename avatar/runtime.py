@@ -1,0 +1,135 @@
+"""What all sessions share: the configuration, the models (loaded once), the memory store, the faces,
+and the worker threads that run blocking model calls off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import numpy as np
+
+from avatar.config import Config
+from avatar.errors import StageError
+from avatar.memory import MemoryStore
+from avatar.session import iterate_in_thread
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Runtime:
+    config: Config
+    models: object  # avatar.models.Models: vad, asr, llm, tts
+    memory: MemoryStore
+    faces: object | None = None  # avatar.face.FaceLibrary when video is on
+
+    def __post_init__(self) -> None:
+        sessions = max(2, self.config.limits.max_sessions)
+        # ASR and TTS calls are short; LLM streams hold a thread for a whole reply (waiting on the model
+        # lock when another session is generating), so they get a pool as large as the session limit.
+        self.asr_pool = ThreadPoolExecutor(2, thread_name_prefix="asr")
+        self.llm_pool = ThreadPoolExecutor(sessions, thread_name_prefix="llm")
+        self.tts_pool = ThreadPoolExecutor(2, thread_name_prefix="tts")
+        self.render_pool = ThreadPoolExecutor(2, thread_name_prefix="render")
+        self._token_cache: dict[str, int] = {}
+        self._token_lock = threading.Lock()
+
+    @property
+    def output_rate(self) -> int:
+        return int(self.models.tts.sample_rate)
+
+    @classmethod
+    def load(cls, config: Config, *, progress: Callable[[str], None] = print) -> "Runtime":
+        from avatar.models import load_models
+
+        t0 = time.monotonic()
+        models = load_models(config, progress=progress)
+        memory_path = config.data_path / "memory.sqlite3"
+        memory = MemoryStore(memory_path)
+        progress(f"memory: {memory_path}")
+        faces = None
+        if config.video.enabled:
+            from avatar.face import FaceLibrary
+
+            faces = FaceLibrary([REPO_ROOT / "faces", config.data_path / "faces"], size=config.video.size,
+                                progress=progress)
+            progress(f"faces: {', '.join(faces.names) or '(none)'}")
+        progress(f"models ready in {time.monotonic() - t0:.1f} s")
+        return cls(config, models, memory, faces)
+
+    def close(self) -> None:
+        for pool in (self.asr_pool, self.llm_pool, self.tts_pool, self.render_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.memory.close()
+
+    # -- model calls, off the event loop --------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        with self._token_lock:
+            count = self._token_cache.get(text)
+        if count is None:
+            count = self.models.llm.count_tokens(text)
+            with self._token_lock:
+                if len(self._token_cache) > 4096:
+                    self._token_cache.clear()
+                self._token_cache[text] = count
+        return count
+
+    async def transcribe(self, audio: np.ndarray) -> str:
+        loop = asyncio.get_running_loop()
+        language = self.config.persona.language or None
+        call = loop.run_in_executor(self.asr_pool, lambda: self.models.asr.transcribe(audio, language=language))
+        try:
+            result = await asyncio.wait_for(call, self.config.limits.stage_timeout_s)
+        except asyncio.TimeoutError:
+            raise StageError(f"speech recognition took longer than {self.config.limits.stage_timeout_s:.0f} s")
+        return result.text.strip()
+
+    async def stream_chat(self, messages: list[dict], cancel: threading.Event) -> AsyncIterator[str]:
+        cfg = self.config.llm
+        make = lambda: self.models.llm.stream_chat(  # noqa: E731
+            messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, cancel=cancel)
+        finished = False
+        try:
+            async for piece in _with_first_item_timeout(iterate_in_thread(make, self.llm_pool),
+                                                        self.config.limits.stage_timeout_s, "the language model",
+                                                        cancel):
+                yield piece
+            finished = True
+        finally:
+            if not finished:
+                cancel.set()  # a reply abandoned half-way frees the model at the next token
+
+    async def synthesize(self, text: str, cancel: threading.Event) -> AsyncIterator:
+        def chunks():
+            for chunk in self.models.tts.synthesize(text):
+                yield chunk
+                if cancel.is_set():
+                    return
+
+        async for chunk in _with_first_item_timeout(iterate_in_thread(chunks, self.tts_pool),
+                                                    self.config.limits.stage_timeout_s, "speech synthesis", cancel):
+            yield chunk
+
+
+async def _with_first_item_timeout(items: AsyncIterator, timeout: float, what: str,
+                                   cancel: threading.Event) -> AsyncIterator:
+    """A stage that hangs before its first output becomes a StageError instead of a stuck turn."""
+    iterator = items.__aiter__()
+    try:
+        first = await asyncio.wait_for(iterator.__anext__(), timeout)
+    except StopAsyncIteration:
+        return
+    except asyncio.TimeoutError:
+        cancel.set()
+        raise StageError(f"{what} gave no output within {timeout:.0f} s; try again or check the server log")
+    yield first
+    async for item in iterator:
+        yield item

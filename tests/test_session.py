@@ -1,0 +1,164 @@
+"""The session's orchestration with small fake models: turns, speculation, barge-in, memory, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from avatar.config import load_config
+from avatar.memory import MemoryStore
+from avatar.outbound import Outbound
+from avatar.protocol import KIND_AUDIO, parse_media_frame
+from avatar.runtime import Runtime
+from avatar.session import Session
+from tests.fakes import FixedASR, WordLLM, fake_models, speech_like
+
+
+class Wire:
+    """Collects what the server sends, like a client that plays audio in real time."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+        self.audio: list[tuple[int, int, int]] = []  # (turn_id, position, samples)
+
+    async def send(self, message):
+        if isinstance(message, bytes):
+            kind, turn_id, position, payload = parse_media_frame(message)
+            if kind == KIND_AUDIO:
+                self.audio.append((turn_id, position, len(payload) // 2))
+        else:
+            self.events.append(json.loads(message))
+
+    def of(self, kind):
+        return [e for e in self.events if e["type"] == kind]
+
+
+@pytest.fixture
+def make_session(tmp_path):
+    made = []
+
+    def make(**models):
+        config = load_config(None, {"server": {"data_dir": str(tmp_path)}})
+        rt = Runtime(config, fake_models(**models), MemoryStore(tmp_path / "m.sqlite3"))
+        wire = Wire()
+        out = Outbound(wire.send, sample_rate=rt.output_rate)
+        sid = rt.memory.create_session("u1")
+        session = Session(rt, out, session_id=sid, user_id="u1", history=[])
+        made.append((rt, session, asyncio.create_task(out.run())))
+        return rt, session, wire
+
+    yield make
+    for rt, session, task in made:
+        session.close()
+        task.cancel()
+        rt.close()
+
+
+async def feed(session: Session, audio: np.ndarray, realtime: bool = True):
+    hop = 320
+    for i in range(0, len(audio), hop):
+        session.on_audio(audio[i : i + hop])
+        if realtime:
+            await asyncio.sleep(hop / 16000)
+
+
+async def wait_for(predicate, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_text_turn_streams_reply_audio_and_is_remembered(make_session):
+    rt, session, wire = make_session()
+    session.on_text("Can you help me?")
+    await wait_for(lambda: wire.of("turn_end"))
+    start, end = wire.of("turn_start")[0], wire.of("turn_end")[0]
+    assert start["user_text"] == "Can you help me?" and start["source"] == "text"
+    assert "".join(e["text"] for e in wire.of("reply_delta")).strip() == end["reply"]
+    assert not end["interrupted"] and end["heard"] == end["reply"]
+    # Audio is contiguous on the timeline, in order.
+    positions = [(p, n) for t, p, n in wire.audio]
+    assert all(p1 + n1 == p2 for (p1, n1), (p2, _) in zip(positions, positions[1:]))
+    assert end["audio_samples"] == sum(n for _, n in positions)
+    latency = wire.of("latency")[0]
+    assert latency["llm_first_token_ms"] is not None and latency["audio_out_ms"] >= latency["tts_first_audio_ms"]
+    states = [e["state"] for e in wire.of("state")]
+    assert states == ["listening", "thinking", "speaking", "listening"]
+    assert rt.memory.history(session_id=session.session_id)[0].reply_text == end["reply"]
+
+
+async def test_voice_turn_is_answered_after_the_pause(make_session):
+    rt, session, wire = make_session()
+    await feed(session, np.concatenate([np.zeros(3200, np.float32), speech_like(1.0), np.zeros(16000, np.float32)]))
+    await wait_for(lambda: wire.of("turn_end"))
+    assert [e["event"] for e in wire.of("vad")] == ["speech_start", "speech_end"]
+    assert wire.of("transcript")[-1] == {"type": "transcript", "text": "hello there", "final": True}
+    latency = wire.of("latency")[0]
+    # Speculation: the answer was being prepared during the end-of-speech silence.
+    assert latency["llm_first_token_ms"] < latency["endpoint_ms"]
+    assert latency["audio_out_ms"] >= latency["endpoint_ms"]
+
+
+async def test_speculative_turn_is_dropped_when_the_user_goes_on(make_session):
+    rt, session, wire = make_session(asr=FixedASR(delay=0.01))
+    pause = np.zeros(int(0.3 * 16000), np.float32)  # shorter than end_silence_ms
+    await feed(session, np.concatenate([speech_like(0.6), pause, speech_like(0.6), np.zeros(16000, np.float32)]))
+    await wait_for(lambda: wire.of("turn_end"))
+    assert len(wire.of("turn_start")) == 1  # the first, speculative, turn never reached the client
+    assert [e["event"] for e in wire.of("vad")] == ["speech_start", "speech_end"]
+
+
+async def test_barge_in_stops_audio_and_keeps_only_what_was_heard(make_session):
+    llm = WordLLM(reply=" ".join(f"word{i}." for i in range(80)), delay=0.04)
+    rt, session, wire = make_session(llm=llm)
+    session.on_text("Tell me a long story.")
+    await wait_for(lambda: wire.audio)
+    await asyncio.sleep(0.8)
+    sent_before = len(wire.audio)
+    t0 = asyncio.get_running_loop().time()
+    await feed(session, speech_like(0.3))
+    await wait_for(lambda: wire.of("interrupt"))
+    assert asyncio.get_running_loop().time() - t0 < 0.3 + 0.2  # within 200 ms of the speech start decision
+    interrupt = wire.of("interrupt")[0]
+    assert interrupt["reason"] == "barge_in"
+    end = wire.of("turn_end")[0]
+    assert end["interrupted"] and end["heard"] and len(end["heard"]) < len(end["reply"])
+    await asyncio.sleep(0.5)
+    # Nothing of the interrupted turn at or after the interrupt position is sent afterwards.
+    later = wire.audio[sent_before:]
+    assert all(p < interrupt["position"] + 0.45 * 22050 for t, p, n in later if t == interrupt["turn_id"])
+    stored = rt.memory.history(session_id=session.session_id)[0]
+    assert stored.interrupted and stored.reply_text == end["heard"]
+    assert llm.cancelled.is_set()
+
+
+async def test_a_failing_stage_reports_an_error_and_the_session_goes_on(make_session):
+    class BrokenLLM(WordLLM):
+        def stream_chat(self, *a, **kw):
+            raise RuntimeError("out of memory")
+            yield  # pragma: no cover
+
+    rt, session, wire = make_session(llm=BrokenLLM())
+    session.on_text("hi")
+    await wait_for(lambda: wire.of("error"))
+    assert wire.of("error")[0]["code"] == "stage_failed" and "out of memory" in wire.of("error")[0]["message"]
+    rt.models.llm = WordLLM()
+    session.on_text("hi again")
+    await wait_for(lambda: [e for e in wire.of("turn_end") if not e["interrupted"]])
+
+
+async def test_history_reaches_the_prompt(make_session):
+    llm = WordLLM(reply="Noted.")
+    rt, session, wire = make_session(llm=llm)
+    session.on_text("My name is Ada.")
+    await wait_for(lambda: wire.of("turn_end"))
+    session.on_text("What is my name?")
+    await wait_for(lambda: len(wire.of("turn_end")) == 2)
+    roles = [(m["role"], m["content"]) for m in llm.prompts[-1]]
+    assert ("user", "My name is Ada.") in roles and ("assistant", "Noted.") in roles
+    assert roles[-1] == ("user", "What is my name?")

@@ -1,0 +1,298 @@
+"""Each pipeline stage with its real default model (weights from pip packages, nothing stubbed)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from avatar.config import ASRConfig, Config, LLMConfig, PersonaConfig, TTSConfig
+from avatar.errors import ConfigError, StageError
+from avatar.models import load_asr, load_llm, load_models, load_tts, load_vad
+from speech import espeak_wav, resample
+
+SENTENCE = "Hello, my name is John and I would like a cup of coffee."
+
+
+def words_in(text: str, *words: str) -> list[str]:
+    """The words of ``words`` missing from ``text`` (case-insensitive)."""
+    low = text.lower()
+    return [w for w in words if w not in low]
+
+
+def chat(llm, messages, **kw) -> str:
+    return "".join(llm.stream_chat(messages, **kw))
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> np.ndarray:
+    return espeak_wav(SENTENCE, tmp_path_factory.mktemp("speech") / "hello.wav", wpm=150)
+
+
+@pytest.fixture(scope="module")
+def asr():
+    return load_asr(ASRConfig())
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return load_llm(LLMConfig(n_threads=2, context_tokens=2048))
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return load_llm(LLMConfig(model="smollm2-135m", n_threads=2, context_tokens=2048))
+
+
+@pytest.fixture(scope="module")
+def tts():
+    return load_tts(TTSConfig(), PersonaConfig())
+
+
+# ---- VAD -----------------------------------------------------------------------------------------
+
+def frame_probs(stream, audio: np.ndarray) -> np.ndarray:
+    audio = audio[: len(audio) // 512 * 512]
+    return np.array([stream.probability(f) for f in audio.reshape(-1, 512)])
+
+
+def test_vad_speech_silence_noise(speech):
+    vad = load_vad()
+    assert (vad.sample_rate, vad.frame_samples) == (16000, 512)
+    stream = vad.new_stream()
+    silence = np.zeros(16000, np.float32)
+    probs = frame_probs(stream, np.concatenate([silence, speech, silence]))
+    lead, tail = 16000 // 512, 16000 // 512
+    assert probs[:lead].max() < 0.1
+    voiced = probs[lead:-tail]
+    assert voiced.max() > 0.95 and np.mean(voiced > 0.5) > 0.6, voiced.round(2)
+    assert probs[-tail // 2:].max() < 0.2  # back to silence once the speech is over
+
+    noise = np.random.default_rng(0).normal(0, 0.05, 512 * 60).astype(np.float32)
+    stream.reset()
+    assert frame_probs(stream, noise).max() < 0.3
+
+    # Streams keep separate state: interleaving two gives the same result as running one alone.
+    a, b = vad.new_stream(), vad.new_stream()
+    chunk = speech[: 512 * 20].reshape(-1, 512)
+    together = [(a.probability(f), b.probability(np.zeros(512, np.float32)))[0] for f in chunk]
+    alone = frame_probs(vad.new_stream(), speech[: 512 * 20])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+# ---- ASR -----------------------------------------------------------------------------------------
+
+def test_asr_english(asr, speech):
+    text = asr.transcribe(speech).text
+    assert not words_in(text, "name", "john", "cup", "coffee"), text
+    assert asr.transcribe(np.zeros(800, np.float32)).text == ""
+
+
+def test_asr_multilingual_base(speech):
+    base = load_asr(ASRConfig(model="base"))
+    assert base.multilingual
+    result = base.transcribe(speech)  # language detected
+    assert result.language == "en"
+    assert not words_in(result.text, "name", "john", "coffee"), result.text
+
+
+def test_asr_is_thread_safe(asr, speech):
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(asr.transcribe(speech).text)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and all("coffee" in r.lower() for r in results), results
+
+
+# ---- LLM -----------------------------------------------------------------------------------------
+
+def test_qwen_answers(qwen):
+    reply = chat(qwen, [{"role": "system", "content": "Answer in one short sentence."},
+                        {"role": "user", "content": "What is the capital of France?"}],
+                 max_tokens=40, temperature=0.0)
+    assert "paris" in reply.lower(), reply
+    assert 0 < qwen.count_tokens("What is the capital of France?") < 20
+
+
+def test_qwen_remembers_earlier_turns(qwen):
+    messages = [
+        {"role": "system", "content": "You are Ava, a friendly assistant. Answer briefly."},
+        {"role": "user", "content": "Hi! My name is Oliver and my dog is called Biscuit."},
+        {"role": "assistant", "content": "Nice to meet you, Oliver! Biscuit is a lovely name for a dog."},
+        {"role": "user", "content": "What is my dog called?"},
+    ]
+    reply = chat(qwen, messages, max_tokens=40, temperature=0.0)
+    assert "biscuit" in reply.lower(), reply
+
+
+def test_smollm_streams(smollm):
+    pieces = list(smollm.stream_chat([{"role": "user", "content": "Say hello to me."}], max_tokens=24, temperature=0.0))
+    assert len(pieces) >= 3 and "".join(pieces).strip(), pieces
+
+
+def test_cancel_stops_within_a_token(smollm):
+    cancel = threading.Event()
+    stream = smollm.stream_chat([{"role": "user", "content": "Tell me a very long story about a dragon."}],
+                                max_tokens=400, temperature=0.7, cancel=cancel)
+    got = []
+    for piece in stream:
+        got.append(piece)
+        if len(got) == 3:
+            cancel.set()
+    assert len(got) <= 4, got  # at most the token already on its way
+    assert list(smollm.stream_chat([{"role": "user", "content": "hi"}], cancel=cancel)) == []
+
+
+def test_llm_shared_between_threads(smollm):
+    replies: list[str] = []
+
+    def ask(q):
+        replies.append(chat(smollm, [{"role": "user", "content": q}], max_tokens=16, temperature=0.0))
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in ("Name a colour.", "Name a fruit.")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(replies) == 2 and all(r.strip() for r in replies), replies
+
+
+# ---- TTS -----------------------------------------------------------------------------------------
+
+def test_tts_chunks_and_phoneme_timings(tts):
+    assert tts.sample_rate == 22050
+    chunks = list(tts.synthesize("Hello there, my name is Ava. How can I help you today?"))
+    assert [c.text for c in chunks] == ["Hello there, my name is Ava.", "How can I help you today?"]
+    for chunk in chunks:
+        seconds = len(chunk.audio) / tts.sample_rate
+        assert chunk.audio.dtype == np.int16 and 0.5 < seconds < 4
+        assert chunk.phonemes, "no phoneme timings: is the onnx package (piper-tts[alignment]) installed?"
+        starts = [p.start for p in chunk.phonemes]
+        assert starts == sorted(starts)
+        end = chunk.phonemes[-1].start + chunk.phonemes[-1].duration
+        assert abs(end - seconds) < 0.15 * seconds, (end, seconds)
+        assert {"h", "a"} & {p.symbol for p in chunk.phonemes}
+
+
+def test_tts_to_asr_round_trip(tts, asr):
+    text = "The weather is sunny today, and I am happy to see you."
+    audio = np.concatenate([c.audio for c in tts.synthesize(text)]).astype(np.float32) / 32768
+    heard = asr.transcribe(resample(audio, tts.sample_rate, 16000)).text
+    assert not words_in(heard, "weather", "sunny", "today", "happy"), heard
+
+
+# ---- OpenAI-compatible HTTP backend against a local SSE server ------------------------------------
+
+class _SSEHandler(http.server.BaseHTTPRequestHandler):
+    requests: list[dict] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        if self.path.startswith("/broken"):
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": "model is still loading"}')
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        words = ["Paris", " is", " the", " capital", "."] if "France" in json.dumps(body) else ["word "] * 200
+        try:
+            self.wfile.write(b": keep-alive comment\n\n")
+            for w in words:
+                event = {"choices": [{"index": 0, "delta": {"content": w}}]}
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(0.005)
+            self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client cancelled
+
+
+@pytest.fixture(scope="module")
+def sse_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SSEHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_openai_http_streams(sse_server, monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    llm = load_llm(LLMConfig(backend="openai", url=sse_server + "/v1", api_key="secret", model="my-model"))
+    pieces = list(llm.stream_chat([{"role": "user", "content": "Capital of France?"}], max_tokens=20, temperature=0.2))
+    assert "".join(pieces) == "Paris is the capital."
+    sent = _SSEHandler.requests[-1]
+    assert sent["path"] == "/v1/chat/completions" and sent["auth"] == "Bearer secret"
+    assert sent["body"]["stream"] is True and sent["body"]["model"] == "my-model"
+    assert sent["body"]["max_tokens"] == 20
+
+    cancel = threading.Event()
+    got = []
+    for piece in llm.stream_chat([{"role": "user", "content": "ramble"}], cancel=cancel):
+        got.append(piece)
+        if len(got) == 2:
+            cancel.set()
+    assert len(got) == 2
+
+
+def test_openai_http_errors(sse_server, monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    broken = load_llm(LLMConfig(backend="openai", url=sse_server + "/broken/v1"))
+    with pytest.raises(StageError, match="503.*still loading"):
+        list(broken.stream_chat([{"role": "user", "content": "hi"}]))
+
+    with socket.socket() as s:  # a port that nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    refused = load_llm(LLMConfig(backend="openai", url=f"http://127.0.0.1:{port}/v1"))
+    with pytest.raises(StageError, match="cannot reach.*running"):
+        list(refused.stream_chat([{"role": "user", "content": "hi"}]))
+
+    with pytest.raises(ConfigError, match="llm.url"):
+        load_llm(LLMConfig(backend="openai"))
+
+
+# ---- transformers backend (optional GPU path; runs on CPU when torch is installed) ----------------
+
+@pytest.mark.slow
+def test_transformers_backend_smollm():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    llm = load_llm(LLMConfig(backend="transformers", model="smollm2-135m", device="auto", n_threads=2))
+    reply = chat(llm, [{"role": "user", "content": "What is the capital of France?"}], max_tokens=16, temperature=0.0)
+    assert "paris" in reply.lower(), reply
+    cancel = threading.Event()
+    got = []
+    for piece in llm.stream_chat([{"role": "user", "content": "Tell me a long story."}], max_tokens=200, cancel=cancel):
+        got.append(piece)
+        if len(got) == 2:
+            cancel.set()
+    assert len(got) <= 3
+
+
+# ---- loading by config ---------------------------------------------------------------------------
+
+def test_load_models_reports_progress():
+    lines: list[str] = []
+    config = Config(llm=LLMConfig(model="smollm2-135m", n_threads=1))
+    models = load_models(config, progress=lines.append)
+    assert models.vad and models.asr and models.llm and models.tts
+    assert [line.split()[1] for line in lines] == ["VAD", "ASR", "LLM", "TTS"]
+    assert "tiny.en (cpu, int8)" in lines[1] and lines[1].endswith(" s")
+
+    with pytest.raises(ConfigError, match="valid: llama-cpp, transformers, openai"):
+        load_models(Config(llm=LLMConfig(backend="llamacpp")))
