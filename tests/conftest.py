@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -61,7 +62,7 @@ def start_server(data_dir: Path, overrides: dict | None = None, args: list[str] 
     port = free_port()
     cmd = [sys.executable, "-m", "avatar", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     for key, value in (overrides or {}).items():
-        cmd += ["--set", f"{key}={value}"]
+        cmd += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     cmd += args or []
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)

@@ -14,7 +14,7 @@ import pytest
 from avatar.config import ASRConfig, Config, LLMConfig, PersonaConfig, TTSConfig
 from avatar.errors import ConfigError, StageError
 from avatar.models import load_asr, load_llm, load_models, load_tts, load_vad
-from speech import espeak_wav, resample
+from tests.speech import espeak_wav, resample
 
 SENTENCE = "Hello, my name is John and I would like a cup of coffee."
 

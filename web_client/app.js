@@ -21,6 +21,7 @@ const stats = {
   lastDrawnPosition: null,
   lastAudioPosition: null,
   avOffsetMs: null,
+  lastDrawnTurn: null,
   audioChunksReceived: 0,
   audioChunksScheduled: 0,
   audioPlaying: false,

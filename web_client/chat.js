@@ -63,6 +63,8 @@ export class ChatLog {
 
   /** A user turn (final transcript or typed text), shown before the server starts answering it. */
   userMessage(text, source) {
+    // A typed message is shown at once and echoed back by the server as a final transcript: one bubble.
+    if (this.unboundUser && norm(this.unboundUser.text) === norm(text)) return this.unboundUser.el;
     const m = this._message('user', 'You', text, source);
     this.unboundUser = { el: m, text };
     return m;

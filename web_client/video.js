@@ -104,6 +104,7 @@ export class VideoView {
       this.current = { turnId: frame.turnId, position: frame.position };
       stats.framesDrawn += 1;
       stats.lastDrawnPosition = frame.position;
+      stats.lastDrawnTurn = frame.turnId;
     }
     if (this.current) stats.avOffsetMs = ((this.current.position - clock) / this.player.rate) * 1000;
   }

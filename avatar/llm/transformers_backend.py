@@ -15,7 +15,7 @@ from avatar.config import LLMConfig
 from avatar.errors import ConfigError, ModelMissingError
 from avatar.weights import LLM_PRESETS, llm_gguf
 
-INSTALL = "pip install torch==2.13.0 transformers==4.57.3 accelerate==1.12.0 gguf==0.17.1"
+INSTALL = "pip install torch==2.13.0 transformers==5.17.0 accelerate==1.15.0 gguf==0.19.0"
 
 
 def _imports():
@@ -44,7 +44,7 @@ class TransformersLLM:
         try:
             self.tokenizer = tf.AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
             self.model = tf.AutoModelForCausalLM.from_pretrained(
-                folder, local_files_only=True, torch_dtype=dtype, **extra
+                folder, local_files_only=True, dtype=dtype, **extra
             ).to(self.device).eval()
         except ImportError as exc:  # gguf or accelerate missing
             raise ModelMissingError(f"loading {path} needs another package ({exc}). Fix: {INSTALL}") from None
