@@ -34,7 +34,7 @@ class ServerConfig:
 
 @dataclass
 class PersonaConfig:
-    name: str = "Ava"
+    name: str = "Sam"
     language: str = "en"
     system_prompt: str = (
         "You are {name}, a friendly digital human who talks with people by voice. "

@@ -138,3 +138,18 @@ def test_endpointer_is_stricter_while_the_agent_speaks():
     assert _feed(Endpointer(cfg, 16000, 512), probs)[0][0] == "speech_start"
     assert _feed(Endpointer(cfg, 16000, 512), probs, agent_speaking=True) == []
     assert _feed(Endpointer(cfg, 16000, 512), [0.95] * 6, agent_speaking=True)[0][0] == "speech_start"
+
+
+def test_config_example_lists_every_setting_with_its_default():
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from avatar.config import Config
+
+    path = Path(__file__).resolve().parent.parent / "config.example.toml"
+    assert load_config(path) == Config()
+    listed = tomllib.loads(path.read_text())
+    for section in dataclasses.fields(Config):
+        names = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
+        assert set(listed.get(section.name, {})) == names, section.name

@@ -208,16 +208,25 @@ const socket = new ReconnectingSocket(socketUrl(), {
   },
   onStatus(s) {
     if (s.state === 'connecting') {
+      reconnectAt = 0;
       setConnState('connecting', s.attempt ? `Connecting… (attempt ${s.attempt + 1})` : 'Connecting…');
     } else if (s.state === 'reconnecting') {
-      const secs = (s.delayMs / 1000).toFixed(s.delayMs < 10000 ? 1 : 0);
-      const why = fatalMessage ? `Error: ${fatalMessage} — ` : 'Disconnected — ';
-      setConnState(fatalMessage ? 'error' : 'reconnecting', `${why}reconnecting in ${secs} s`);
+      reconnectAt = performance.now() + s.delayMs;
+      showReconnectCountdown();
     } else if (s.state === 'error') {
       setConnState('error', `Error: ${s.message}`);
     }
   },
 });
+
+let reconnectAt = 0;
+function showReconnectCountdown() {
+  const left = Math.max(0, reconnectAt - performance.now());
+  if (!reconnectAt || left <= 0) return;
+  const why = fatalMessage ? `Error: ${fatalMessage} — ` : 'Disconnected — ';
+  setConnState(fatalMessage ? 'error' : 'reconnecting', `${why}reconnecting in ${Math.ceil(left / 1000)} s`);
+  setTimeout(showReconnectCountdown, Math.min(1000, left % 1000 || 1000));
+}
 
 function handleMessage(msg) {
   switch (msg.type) {

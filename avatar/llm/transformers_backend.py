@@ -7,13 +7,20 @@ needs the ``gguf`` package), or a preset name whose GGUF ships in a pip package.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator
 
 from avatar.config import LLMConfig
 from avatar.errors import ConfigError, ModelMissingError
-from avatar.weights import LLM_PRESETS, llm_gguf
+from avatar.weights import LLM_PRESETS, cache_dir, llm_gguf
+
+log = logging.getLogger(__name__)
 
 INSTALL = "pip install torch==2.13.0 transformers==5.17.0 accelerate==1.15.0 gguf==0.19.0"
 
@@ -27,6 +34,36 @@ def _imports():
     return torch, transformers
 
 
+def _load(tf, path: Path, dtype):
+    """Tokenizer and model from a folder, or from a GGUF through a converted copy in the avatar cache.
+
+    Reading a GGUF means parsing its vocabulary and dequantising every tensor in Python (about 50 s for
+    SmolLM2-135M on two cores); the converted safetensors folder loads in seconds on later starts.
+    """
+    if path.is_dir():
+        return (tf.AutoTokenizer.from_pretrained(path, local_files_only=True),
+                tf.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype))
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    converted = cache_dir() / "hf" / f"{path.stem}.{key}.{str(dtype).split('.')[-1]}"
+    if (converted / "config.json").is_file():
+        return _load(tf, converted, dtype)
+    tokenizer = tf.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    model = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True, dtype=dtype)
+    tmp = None
+    try:
+        converted.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=converted.parent, suffix=".tmp"))
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        os.replace(tmp, converted)
+    except OSError as exc:
+        log.warning("cannot cache the converted model in %s (%s); it is converted again next start", converted, exc)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer, model
+
+
 class TransformersLLM:
     def __init__(self, cfg: LLMConfig):
         torch, tf = _imports()
@@ -34,7 +71,6 @@ class TransformersLLM:
         if not path.exists():
             raise ConfigError(f"transformers model '{cfg.model}' is neither a preset ({', '.join(LLM_PRESETS)}) "
                               "nor a local model folder or GGUF file; models are never downloaded at run time")
-        folder, extra = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
         if cfg.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"llm.device must be 'cpu', 'cuda' or 'auto', got '{cfg.device}'")
         self.device = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
@@ -42,14 +78,12 @@ class TransformersLLM:
         if self.device == "cpu":
             torch.set_num_threads(cfg.n_threads)
         try:
-            self.tokenizer = tf.AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
-            self.model = tf.AutoModelForCausalLM.from_pretrained(
-                folder, local_files_only=True, dtype=dtype, **extra
-            ).to(self.device).eval()
+            self.tokenizer, self.model = _load(tf, path, dtype)
         except ImportError as exc:  # gguf or accelerate missing
             raise ModelMissingError(f"loading {path} needs another package ({exc}). Fix: {INSTALL}") from None
         except (OSError, ValueError) as exc:
             raise ModelMissingError(f"cannot load transformers model from {path}: {exc}") from None
+        self.model.to(self.device).eval()
         self.context_tokens = cfg.context_tokens
         self._torch, self._tf = torch, tf
         self._lock = threading.Lock()  # one generation at a time keeps GPU memory use bounded and predictable
