@@ -57,8 +57,14 @@ def cmd_serve(args) -> int:
     def ready(ws_server) -> None:
         bound = ws_server.sockets[0].getsockname()[1] if ws_server.sockets else port
         shown = "localhost" if host in ("127.0.0.1", "localhost", "0.0.0.0", "::") else host
-        print(f"avatar {__version__} is ready: open http://{shown}:{bound}/ in a browser "
-              f"(WebSocket: ws://{shown}:{bound}/ws)", flush=True)
+        token = f"?token={server.access.generated}" if server.access.generated else ""
+        print(f"avatar {__version__} is ready: open http://{shown}:{bound}/{token} in a browser "
+              f"(WebSocket: ws://{shown}:{bound}/ws{token})", flush=True)
+        if host in ("0.0.0.0", "::", ""):
+            import socket
+
+            print(f"  from other machines: http://{socket.gethostname()}:{bound}/{token}", flush=True)
+        _progress(f"access: {server.access.describe()}")
 
     try:
         asyncio.run(server.serve_forever(host, port, on_ready=ready))
@@ -89,7 +95,8 @@ def cmd_talk(args) -> int:
             print(f"error: {event['message']}", file=sys.stderr, flush=True)
 
     result = asyncio.run(talk(args.url, wav=args.wav, text=args.text, session_id=args.session,
-                              user_id=args.user, video=not args.no_video, timeout=args.timeout, on_event=show))
+                              user_id=args.user, user_key=args.user_key, video=not args.no_video,
+                              timeout=args.timeout, on_event=show))
     summary = result.summary()
     if args.out:
         import numpy as np
@@ -102,6 +109,8 @@ def cmd_talk(args) -> int:
         lat = summary["latency_ms"]
         print(f"session {summary['session_id']}: {summary['audio_seconds']} s of reply audio; "
               f"voice-to-voice {lat['voice_to_voice']} ms")
+        print(f"(go on later with: --session {summary['session_id']}"
+              + (f" --user {result.user_id} --user-key {result.user_key}" if result.user_key else "") + ")")
     return 0
 
 
@@ -126,6 +135,12 @@ def cmd_render(args) -> int:
     return render_main(args.face or config.persona.face, text=args.text, audio_path=args.audio, out=args.output,
                        tts=tts, fps=config.video.fps, size=config.video.size,
                        faces_dirs=[Path(__file__).resolve().parent.parent / "faces", config.data_path / "faces"])
+
+
+def cmd_soak(args) -> int:
+    from avatar.soak import soak_main
+
+    return soak_main(args)
 
 
 def cmd_bench(args) -> int:
@@ -164,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="ws://127.0.0.1:8765/ws", help="server WebSocket URL")
     p.add_argument("--wav", help="speech to send (16-bit PCM WAV, any rate)")
     p.add_argument("--text", help="text to send instead of speech")
-    p.add_argument("--session", help="session id to resume")
+    p.add_argument("--session", metavar="ID:KEY", help="session to resume: the 'session' that an earlier "
+                   "talk printed (session_id:resume_key from the server's ready message)")
     p.add_argument("--user", help="user id (history follows the user across sessions)")
+    p.add_argument("--user-key", help="the user_key the server gave when --user was first used")
     p.add_argument("--out", metavar="WAV", help="write the reply audio here")
     p.add_argument("--no-video", action="store_true", help="ask the server not to stream video")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the reply (default 90)")
@@ -191,6 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.mp4")
     config_options(p)
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("soak", help="drive many clients for minutes and report stability",
+                       description="Start a server (or use --url), drive N clients that speak and type turns "
+                       "for M minutes, then report turns, errors, server memory at start and end, and each "
+                       "session's audio/video offset (see docs/security.md).")
+    p.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    p.add_argument("--minutes", type=float, default=5.0, help="how long to run (default 5)")
+    p.add_argument("--url", help="WebSocket URL of a running server (loopback only); default: start one")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    config_options(p)
+    p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("bench", help="measure latency, concurrency and render speed")
     config_options(p)

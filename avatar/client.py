@@ -66,7 +66,12 @@ class TalkResult:
     reply: str = ""
     audio: list[np.ndarray] = field(default_factory=list)
     output_rate: int = 22050
+    # The handle to resume this conversation: "SESSION_ID:RESUME_KEY" (pass it back as session_id).
     session_id: str | None = None
+    server_session_id: str | None = None  # the bare id from `ready`
+    resume_key: str | None = None
+    user_id: str | None = None
+    user_key: str | None = None  # give it back with user_id to get this user's history next time
     video_frames: int = 0
     first_audio_at: float | None = None
     first_frame_at: float | None = None
@@ -109,10 +114,17 @@ async def talk(
     session_id: str | None = None,
     user_id: str | None = None,
     video: bool = True,
+    resume_key: str | None = None,
+    user_key: str | None = None,
     timeout: float = 90.0,
     on_event: Callable[[dict], None] | None = None,
 ) -> TalkResult:
-    """One exchange: say ``wav``/``audio`` (or type ``text``), wait for the reply to finish."""
+    """One exchange: say ``wav``/``audio`` (or type ``text``), wait for the reply to finish.
+
+    ``session_id`` resumes a conversation: give ``TalkResult.session_id`` of an earlier exchange (the form
+    ``SESSION_ID:RESUME_KEY``), or the bare id with ``resume_key``. ``user_key`` goes with ``user_id`` once
+    the server has given one (``TalkResult.user_key``). A token in ``url`` (``?token=...``) is sent as is.
+    """
     if wav is not None:
         audio = read_wav(wav)
     result = TalkResult()
@@ -120,9 +132,15 @@ async def talk(
     async with connect(url, max_size=None, open_timeout=30) as ws:
         hello = {"type": "hello", "video": video}
         if session_id:
+            if resume_key is None and ":" in session_id:
+                session_id, _, resume_key = session_id.rpartition(":")
             hello["session_id"] = session_id
+            if resume_key:
+                hello["resume_key"] = resume_key
         if user_id:
             hello["user_id"] = user_id
+            if user_key:
+                hello["user_key"] = user_key
         await ws.send(json.dumps(hello))
         done = asyncio.Event()
         input_finished = asyncio.Event()
@@ -151,7 +169,12 @@ async def talk(
                     event = json.loads(message)
                     kind = event.get("type")
                     if kind == "ready":
-                        result.session_id = event["session_id"]
+                        result.server_session_id = event["session_id"]
+                        result.resume_key = event.get("resume_key")
+                        result.session_id = (f"{event['session_id']}:{result.resume_key}" if result.resume_key
+                                             else event["session_id"])
+                        result.user_id = event.get("user_id")
+                        result.user_key = event.get("user_key")
                         result.output_rate = event["audio"]["output_rate"]
                     elif kind == "transcript" and event.get("final"):
                         result.transcript = (result.transcript + " " + event["text"]).strip()

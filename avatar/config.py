@@ -30,6 +30,9 @@ class ServerConfig:
     tokens: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)  # besides same-origin and localhost pages
     require_token: str = "auto"  # "auto" (only beyond localhost) | "always" | "never"
+    # Behind a reverse proxy every client comes from the proxy's address: trust its X-Forwarded-For
+    # header for the per-client limits. Only turn this on when the proxy sets that header itself.
+    trust_forwarded_for: bool = False
 
 
 @dataclass
@@ -102,6 +105,15 @@ class LimitsConfig:
     idle_timeout_s: float = 600.0
     stage_timeout_s: float = 30.0
     audio_lead_s: float = 0.12  # reply audio is scheduled this far ahead of the playback clock
+    audio_burst_s: float = 2.0  # audio a client may send at once before the rate limit applies
+    messages_per_second: float = 100.0  # all client messages (a microphone sends ~50/s)
+    message_burst: int = 200
+    item_timeout_s: float = 30.0  # a stage that stalls between two outputs (mid-stream hang)
+    render_timeout_s: float = 2.0  # one video frame; a late frame is skipped, audio never waits
+    send_stall_s: float = 15.0  # close a client that reads nothing for this long while data waits
+    max_queued_bytes: int = 8 * 1024 * 1024  # per connection, waiting to be sent
+    video_buffer_bytes: int = 256 * 1024  # skip video frames while the socket buffer holds more
+    shutdown_grace_s: float = 3.0  # on SIGTERM: time to store turns and tell clients before closing
 
 
 @dataclass

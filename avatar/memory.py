@@ -3,6 +3,9 @@ conversation back after a restart, and a crash mid-turn never corrupts what was 
 
 A turn is written in one transaction (user text + what the user heard of the reply), so the database
 only ever holds whole turns.
+
+Sessions and users carry the SHA-256 of a secret (``resume_key`` / ``user_key``, see avatar/access.py):
+history is only handed to a client that presents the secret, and the secrets themselves are never stored.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     user_id TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL,     -- sha256 of the user's user_key
+    created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS turns (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -57,6 +65,9 @@ class MemoryStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "key_hash" not in columns:  # databases made before sessions had resume keys
+            self._db.execute("ALTER TABLE sessions ADD COLUMN key_hash TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -73,15 +84,39 @@ class MemoryStore:
         row = self._one("SELECT user_id FROM sessions WHERE id=?", (session_id,))
         return row[0] if row else None
 
-    def create_session(self, user_id: str | None = None, session_id: str | None = None) -> str:
+    def create_session(self, user_id: str | None = None, session_id: str | None = None,
+                       key_hash: str | None = None) -> str:
         session_id = session_id or uuid.uuid4().hex
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO sessions(id, user_id, created, updated) VALUES (?,?,?,?)",
-                (session_id, user_id, now, now),
+                "INSERT OR IGNORE INTO sessions(id, user_id, created, updated, key_hash) VALUES (?,?,?,?,?)",
+                (session_id, user_id, now, now, key_hash),
             )
         return session_id
+
+    def session_key_hash(self, session_id: str) -> str | None:
+        """The hash of the session's resume key; None for an unknown session (or one made without a key)."""
+        row = self._one("SELECT key_hash FROM sessions WHERE id=?", (session_id,))
+        return row[0] if row else None
+
+    def user_key_hash(self, user_id: str) -> str | None:
+        row = self._one("SELECT key_hash FROM users WHERE id=?", (user_id,))
+        return row[0] if row else None
+
+    def add_user(self, user_id: str, key_hash: str) -> bool:
+        """Register a user id with the hash of its key; False if the id was taken meanwhile."""
+        with self._lock:
+            cursor = self._db.execute("INSERT OR IGNORE INTO users(id, key_hash, created) VALUES (?,?,?)",
+                                      (user_id, key_hash, time.time()))
+            return cursor.rowcount == 1
+
+    def ping(self) -> bool:
+        """A cheap check that the database answers (for /healthz)."""
+        try:
+            return self._one("SELECT count(*) FROM sessions", ()) is not None
+        except sqlite3.Error:
+            return False
 
     def add_turn(self, session_id: str, user_id: str | None, turn: Turn, full_reply: str) -> None:
         now = time.time()

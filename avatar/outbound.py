@@ -4,6 +4,12 @@ Audio and video share one timeline counted in samples at the output rate. Reply 
 ahead of the client's playback clock and sent no more than ``max_lead_s`` ahead of it, so a barge-in has
 little to flush and a slow client cannot make the server buffer a whole reply. Video frames are rendered
 just before they are due; when the client falls behind, frames are skipped (never audio).
+
+A slow or stalled client cannot make the server hold more than it must: video frames are skipped while
+the socket's send buffer is full (``buffered() > video_buffer_bytes``), audio is never dropped or
+reordered, and a client that reads nothing for ``send_stall_s`` (one send blocked that long), or lets
+more than ``max_queued_bytes`` pile up, is given up: ``on_stall(reason)`` is called and the sender stops.
+The renderer runs beside the sender, so a slow, failing or hung renderer costs frames, never audio.
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from avatar.protocol import KIND_AUDIO, KIND_VIDEO, media_frame
+from avatar.protocol import KIND_AUDIO, KIND_VIDEO, error_event, media_frame
 
 log = logging.getLogger(__name__)
 
 AUDIO_PACKET_S = 0.1  # audio is sent in packets this long, so pacing and flushing are fine-grained
+
+
+class _Stalled(Exception):
+    """The client is given up on; the sender stops."""
 
 
 @dataclass
@@ -42,6 +52,11 @@ class Outbound:
         max_lead_s: float = 0.4,
         fps: int = 0,
         render_frame: Callable[[int], Awaitable[tuple[int, bytes]]] | None = None,
+        send_stall_s: float | None = None,
+        max_queued_bytes: int | None = None,
+        buffered: Callable[[], int] | None = None,
+        video_buffer_bytes: int = 256 * 1024,
+        render_timeout_s: float = 2.0,
     ):
         self._send = send
         self.rate = sample_rate
@@ -62,6 +77,19 @@ class Outbound:
         self.frames_dropped = 0
         self.on_first_frame: Callable[[int, float], None] | None = None  # (position, monotonic time)
         self.on_audio_sent: Callable[[int, int, float], None] | None = None  # (turn_id, position, time)
+        self.observers: list[Callable[[dict], None]] = []  # see every JSON event (metrics, limits)
+        self.on_stall: Callable[[str], None] | None = None  # the client stopped reading: close it
+        self.send_stall_s = send_stall_s
+        self.max_queued_bytes = max_queued_bytes
+        self.buffered = buffered  # bytes waiting in the socket's send buffer
+        self.video_buffer_bytes = video_buffer_bytes
+        self.render_timeout_s = render_timeout_s
+        self._render: tuple[asyncio.Task, int, float] | None = None  # (task, frame index, started)
+        self.render_errors = 0
+        self._render_error_reported = -1e9
+        self._control_bytes = 0
+        self._audio_bytes = 0
+        self.stalled: str | None = None
         self.closed = False
 
     # -- the playback clock -------------------------------------------------------------------------
@@ -74,7 +102,13 @@ class Outbound:
         return int((now - self._t0) * self.rate)
 
     def report_playback(self, position: float) -> None:
-        self._report = (float(position), time.monotonic())
+        # A client's clock is only trusted within sane bounds: never negative, never far beyond what
+        # was sent (a bogus huge number must not push media off the 64-bit timeline).
+        now = time.monotonic()
+        ceiling = max(self.audio_end, int((now - self._t0) * self.rate)) + 60 * self.rate
+        if not isinstance(position, int):
+            position = float(position) if position == position else 0.0  # NaN -> 0
+        self._report = (float(min(max(0, position), ceiling)), now)
         self._wake.set()
 
     def is_playing(self) -> bool:
@@ -82,8 +116,28 @@ class Outbound:
 
     # -- queueing ------------------------------------------------------------------------------------
     def send_json(self, event: dict) -> None:
-        self._control.append(json.dumps(event, ensure_ascii=False))
+        if self.closed:
+            return
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception:  # noqa: BLE001 - an observer (metrics) must never break a session
+                log.exception("event observer failed")
+        try:
+            text = json.dumps(event, ensure_ascii=False)
+            text.encode("utf-8")
+        except (TypeError, ValueError) as exc:  # a bug: drop the event rather than the connection
+            log.error("cannot send event %r: %s", event.get("type"), exc)
+            return
+        self._control.append(text)
+        self._control_bytes += len(text)
+        self._check_queue()
         self._wake.set()
+
+    def _check_queue(self) -> None:
+        if self.max_queued_bytes is not None and self._control_bytes + self._audio_bytes > self.max_queued_bytes:
+            self._stall(f"more than {self.max_queued_bytes} bytes waited to be sent (limits.max_queued_bytes): "
+                        "the client does not read fast enough")
 
     def place_audio(self, turn_id: int, pcm: np.ndarray) -> int:
         """Put int16 audio on the timeline right after the previous audio, or a little ahead of the
@@ -93,13 +147,16 @@ class Outbound:
         for offset in range(0, len(pcm), step):
             piece = pcm[offset : offset + step]
             self._audio.append(_AudioPacket(turn_id, position + offset, piece.astype("<i2").tobytes()))
+            self._audio_bytes += 2 * len(piece)
         self.audio_end = position + len(pcm)
+        self._check_queue()
         self._wake.set()
         return position
 
     def flush_audio(self, turn_id: int, from_position: int) -> None:
         """Barge-in: forget this turn's audio at or after ``from_position`` that is not sent yet."""
         self._audio = deque(p for p in self._audio if p.turn_id != turn_id or p.position < from_position)
+        self._audio_bytes = sum(len(p.pcm) for p in self._audio)
         self.audio_end = min(self.audio_end, max(from_position, self.clock()))
         self._wake.set()
 
@@ -113,16 +170,58 @@ class Outbound:
             while not self.closed:
                 await self._send_due()
                 await self._sleep_until_due()
+        except _Stalled:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the connection closed, or a bug: never a silent stuck sender
+            if type(exc).__name__ not in ("ConnectionClosed", "ConnectionClosedOK", "ConnectionClosedError"):
+                log.exception("sending to a client failed")
+                self._stall(f"internal error while sending: {exc!r}")
         finally:
             self.closed = True
+            if self._render is not None:
+                self._render[0].cancel()
+
+    def _stall(self, reason: str) -> None:
+        if self.stalled is None:
+            self.stalled = reason
+            log.warning("giving up on a client: %s", reason)
+            self._control.clear()
+            self._audio.clear()
+            self._control_bytes = self._audio_bytes = 0
+            if self.on_stall is not None:
+                self.on_stall(reason)
+        self.closed = True
+        self._wake.set()
+
+    async def _send_one(self, message: str | bytes) -> None:
+        if self.stalled is not None:
+            raise _Stalled()
+        if self.send_stall_s is None:
+            await self._send(message)
+            return
+        try:
+            await asyncio.wait_for(self._send(message), self.send_stall_s)
+        except asyncio.TimeoutError:
+            self._stall(f"the client read nothing for {self.send_stall_s:g} s (limits.send_stall_s)")
+            raise _Stalled() from None
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until the queued events are sent: before a deliberate close."""
+        deadline = time.monotonic() + timeout
+        while self._control and not self.closed and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.02)
 
     async def _send_due(self) -> None:
         while self._control:
-            await self._send(self._control.popleft())
+            text = self._control.popleft()
+            self._control_bytes -= len(text)
+            await self._send_one(text)
         now = self.clock()
         while self._audio and self._audio[0].position < now + self.max_lead:
             packet = self._audio.popleft()
-            await self._send(media_frame(KIND_AUDIO, packet.turn_id, packet.position, packet.pcm))
+            self._audio_bytes -= len(packet.pcm)
+            await self._send_one(media_frame(KIND_AUDIO, packet.turn_id, packet.position, packet.pcm))
             if self.on_audio_sent:
                 self.on_audio_sent(packet.turn_id, packet.position, time.monotonic())
             if self._control:  # events queued meanwhile (an interrupt) go first
@@ -131,6 +230,9 @@ class Outbound:
             await self._send_video(self.clock())
 
     async def _send_video(self, now: int) -> None:
+        if self._render is not None:
+            await self._collect_frame()
+            return
         position = self._frame_position(self._next_frame)
         if position >= now + self.video_lead:
             return
@@ -140,12 +242,50 @@ class Outbound:
             self.frames_dropped += current - self._next_frame
             self._next_frame = current
             position = self._frame_position(current)
-        turn_id, jpeg = await self.render_frame(position)
-        await self._send(media_frame(KIND_VIDEO, turn_id, position, jpeg))
+        if self.buffered is not None and self.buffered() > self.video_buffer_bytes:
+            self.frames_dropped += 1  # the client is behind: it gets audio first, video when it catches up
+            self._next_frame += 1
+            return
+        task = asyncio.ensure_future(self.render_frame(position))
+        task.add_done_callback(lambda _: self._wake.set())
+        self._render = (task, self._next_frame, time.monotonic())
+
+    async def _collect_frame(self) -> None:
+        task, index, started = self._render
+        if not task.done():
+            if time.monotonic() - started > self.render_timeout_s:
+                task.cancel()
+                self._render = None
+                self._next_frame = index + 1
+                self.frames_dropped += 1
+                self._render_failed(f"the face renderer gave no frame within {self.render_timeout_s:g} s "
+                                    "(limits.render_timeout_s)")
+            return
+        self._render = None
+        self._next_frame = index + 1
+        try:
+            turn_id, jpeg = task.result()
+        except asyncio.CancelledError:
+            self.frames_dropped += 1
+            return
+        except Exception as exc:  # noqa: BLE001 - a renderer bug costs frames, never the conversation
+            self.frames_dropped += 1
+            log.warning("rendering a frame failed: %r", exc, exc_info=self.render_errors == 0)
+            self._render_failed(f"the face renderer failed: {exc!r}")
+            return
+        position = self._frame_position(index)
+        await self._send_one(media_frame(KIND_VIDEO, turn_id, position, jpeg))
         self.frames_sent += 1
         if self.on_first_frame:
             self.on_first_frame(position, time.monotonic())
-        self._next_frame += 1
+
+    def _render_failed(self, what: str) -> None:
+        self.render_errors += 1
+        now = time.monotonic()
+        if now - self._render_error_reported >= 30.0:  # one error event per 30 s, not one per frame
+            self._render_error_reported = now
+            self.send_json(error_event("stage_failed", f"{what}; video frames are skipped until it "
+                                       "recovers, the voice goes on"))
 
     def _frame_position(self, index: int) -> int:
         return index * self.rate // self.fps
@@ -158,7 +298,10 @@ class Outbound:
         if self._audio:
             waits.append((self._audio[0].position - self.max_lead - now) / self.rate)
         if self.fps and self.render_frame is not None:
-            waits.append((self._frame_position(self._next_frame) - self.video_lead - now) / self.rate)
+            if self._render is None:
+                waits.append((self._frame_position(self._next_frame) - self.video_lead - now) / self.rate)
+            else:  # woken when the frame is ready; else look again when it is overdue
+                waits.append(self._render[2] + self.render_timeout_s - time.monotonic() + 0.01)
         timeout = max(0.0, min(waits))
         if timeout <= 0:
             return

@@ -22,7 +22,9 @@ assert HEADER.size == 16
 CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hello": {
         "session_id": ((str,), False),
+        "resume_key": ((str,), False),  # the secret that `ready` gave with session_id (docs/protocol.md)
         "user_id": ((str,), False),
+        "user_key": ((str,), False),  # the secret that `ready` gave with user_id
         "face": ((str,), False),
         "video": ((bool,), False),
         "protocol": ((int,), False),
@@ -65,13 +67,23 @@ def parse_text_message(raw: str) -> ClientMessage:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             expected = " or ".join(t.__name__ for t in types)
             raise ProtocolError(f"'{kind}.{name}' must be {expected}, got {type(value).__name__}")
-        if isinstance(value, str) and name in ("session_id", "user_id", "face", "name"):
+        if isinstance(value, str) and not _encodable(value):
+            raise ProtocolError(f"'{kind}.{name}' is not valid Unicode (lone surrogate characters)")
+        if isinstance(value, str) and name in ("session_id", "resume_key", "user_id", "user_key", "face", "name"):
             if not value or len(value) > MAX_ID_CHARS or not value.isprintable():
                 raise ProtocolError(f"'{kind}.{name}' must be 1-{MAX_ID_CHARS} printable characters")
         if isinstance(value, float) and not np.isfinite(value):
             raise ProtocolError(f"'{kind}.{name}' must be a finite number")
         fields[name] = value
     return ClientMessage(kind, fields)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_audio_message(data: bytes) -> np.ndarray:

@@ -41,6 +41,7 @@ class Runtime:
         self.render_pool = ThreadPoolExecutor(2, thread_name_prefix="render")
         self._token_cache: dict[str, int] = {}
         self._token_lock = threading.Lock()
+        self.faults: list = []  # avatar.faults.Fault, only when AVATAR_FAULTS was set at start-up
 
     @property
     def output_rate(self) -> int:
@@ -50,8 +51,15 @@ class Runtime:
     def load(cls, config: Config, *, progress: Callable[[str], None] = print) -> "Runtime":
         from avatar.models import load_models
 
+        from avatar import faults as fault_injection
+
         t0 = time.monotonic()
+        injected = fault_injection.faults_from_env()  # read first: a typo fails before minutes of loading
         models = load_models(config, progress=progress)
+        if injected:
+            fault_injection.install(models, injected)
+            progress(f"WARNING: fault injection is ON ({fault_injection.ENV}="
+                     f"{','.join(str(f) for f in injected)}); never use this in production")
         memory_path = config.data_path / "memory.sqlite3"
         memory = MemoryStore(memory_path)
         progress(f"memory: {memory_path}")
@@ -63,9 +71,15 @@ class Runtime:
                                 progress=progress)
             progress(f"faces: {', '.join(faces.names) or '(none)'}")
         progress(f"models ready in {time.monotonic() - t0:.1f} s")
-        return cls(config, models, memory, faces)
+        runtime = cls(config, models, memory, faces)
+        runtime.faults = injected
+        return runtime
 
     def close(self) -> None:
+        if self.faults:
+            from avatar.faults import release_hangs
+
+            release_hangs()
         for pool in (self.asr_pool, self.llm_pool, self.tts_pool, self.render_pool):
             pool.shutdown(wait=False, cancel_futures=True)
         self.memory.close()
@@ -98,9 +112,8 @@ class Runtime:
             messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, cancel=cancel)
         finished = False
         try:
-            async for piece in _with_first_item_timeout(iterate_in_thread(make, self.llm_pool),
-                                                        self.config.limits.stage_timeout_s, "the language model",
-                                                        cancel):
+            async for piece in _with_timeouts(iterate_in_thread(make, self.llm_pool), self.config.limits,
+                                              "the language model", cancel):
                 yield piece
             finished = True
         finally:
@@ -114,22 +127,32 @@ class Runtime:
                 if cancel.is_set():
                     return
 
-        async for chunk in _with_first_item_timeout(iterate_in_thread(chunks, self.tts_pool),
-                                                    self.config.limits.stage_timeout_s, "speech synthesis", cancel):
+        async for chunk in _with_timeouts(iterate_in_thread(chunks, self.tts_pool), self.config.limits,
+                                          "speech synthesis", cancel):
             yield chunk
 
 
-async def _with_first_item_timeout(items: AsyncIterator, timeout: float, what: str,
-                                   cancel: threading.Event) -> AsyncIterator:
-    """A stage that hangs before its first output becomes a StageError instead of a stuck turn."""
+async def _with_timeouts(items: AsyncIterator, limits, what: str, cancel: threading.Event) -> AsyncIterator:
+    """A stage that hangs, before its first output (``limits.stage_timeout_s``) or between two outputs
+    (``limits.item_timeout_s``), becomes a StageError instead of a stuck turn; ``cancel`` tells the worker
+    thread to stop."""
     iterator = items.__aiter__()
+    first = True
     try:
-        first = await asyncio.wait_for(iterator.__anext__(), timeout)
-    except StopAsyncIteration:
-        return
-    except asyncio.TimeoutError:
-        cancel.set()
-        raise StageError(f"{what} gave no output within {timeout:.0f} s; try again or check the server log")
-    yield first
-    async for item in iterator:
-        yield item
+        while True:
+            timeout = limits.stage_timeout_s if first else limits.item_timeout_s
+            try:
+                item = await asyncio.wait_for(iterator.__anext__(), timeout)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                cancel.set()
+                if first:
+                    raise StageError(f"{what} gave no output within {timeout:g} s; try again or check the "
+                                     "server log") from None
+                raise StageError(f"{what} stalled for {timeout:g} s in the middle of a reply; try again or "
+                                 "check the server log") from None
+            first = False
+            yield item
+    finally:
+        await iterator.aclose()

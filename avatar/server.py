@@ -3,6 +3,10 @@
 Models are loaded once (``Runtime``); each connection gets its own ``Session`` and ``Outbound``.
 A problem with one connection (bad message, failed stage) is reported to that client and never takes
 the server or the other sessions down.
+
+Hardening lives in its own modules and is called from here: who may connect and see which history
+(avatar/access.py), per-connection limits (avatar/limits.py), Prometheus metrics at /metrics
+(avatar/metrics.py) and test-only fault injection (avatar/faults.py). See docs/security.md.
 """
 
 from __future__ import annotations
@@ -22,8 +26,13 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from avatar import faults
+from avatar.access import AccessPolicy, Refusal, admit
 from avatar.errors import AvatarError, FaceError, ProtocolError
+from avatar.limits import AddressBook, ConnectionGuard, LimitHit
 from avatar.memory import Turn
+from avatar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from avatar.metrics import ServerMetrics
 from avatar.outbound import Outbound
 from avatar.protocol import error_event, parse_audio_message, parse_text_message
 from avatar.runtime import REPO_ROOT, Runtime
@@ -40,20 +49,72 @@ class AvatarServer:
         self.sessions: set[Session] = set()
         self.started = time.time()
         self.turns_total = 0
+        self.access = AccessPolicy(cfg.server, bind_host=cfg.server.host, data_dir=cfg.data_path)
+        self.addresses = AddressBook()  # open connections per client address
+        self.connections: dict[ServerConnection, Outbound] = {}
+        self.metrics = ServerMetrics(sessions=lambda: len(self.sessions), connections=self.addresses.total)
+        self.closing = False
 
     # -- HTTP ------------------------------------------------------------------------------------------
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == "/ws":
-            if len(self.sessions) >= self.rt.config.limits.max_sessions:
-                return self._response(http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                      b"too many sessions on this server; try again later\n", "text/plain")
+            refusal = self._check_handshake(connection, request)
+            if refusal is not None:
+                self.metrics.refused.inc(reason=refusal.reason)
+                log.info("refused a connection from %s: %s", connection.remote_address, refusal.reason)
+                return self._refuse(refusal)
             return None  # go on with the WebSocket handshake
         if path == "/healthz":
-            body = json.dumps({"status": "ok", "sessions": len(self.sessions),
-                               "uptime_s": round(time.time() - self.started, 1)}).encode()
-            return self._response(http.HTTPStatus.OK, body, "application/json")
+            health = self._health()
+            status = http.HTTPStatus.OK if health["status"] == "ok" else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return self._response(status, json.dumps(health).encode(), "application/json")
+        if path == "/metrics":
+            refusal = self.access.check_token(request.path, request.headers)
+            if refusal is not None:
+                return self._refuse(refusal)
+            return self._response(http.HTTPStatus.OK, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
         return self._static(path)
+
+    def _check_handshake(self, connection: ServerConnection, request: Request) -> Refusal | None:
+        limits = self.rt.config.limits
+        refusal = self.access.check_ws(request.path, request.headers)
+        if refusal is not None:
+            return refusal
+        if self.closing:
+            return Refusal(503, "shutdown", "avatar: the server is shutting down; try again in a moment.\n")
+        if max(len(self.sessions), self.addresses.total()) >= limits.max_sessions:
+            return Refusal(503, "capacity", f"avatar: this server has its maximum of {limits.max_sessions} "
+                           "conversations (limits.max_sessions); try again later.\n")
+        address = self.access.client_address(connection.remote_address, request.headers)
+        if self.addresses.count(address) >= limits.max_sessions_per_client:
+            return Refusal(429, "per_client", f"avatar: {address} already has {limits.max_sessions_per_client} "
+                           "conversations open (limits.max_sessions_per_client); close one first.\n")
+        return None
+
+    def _refuse(self, refusal: Refusal) -> Response:
+        response = self._response(http.HTTPStatus(refusal.status), refusal.body.encode(), "text/plain; charset=utf-8")
+        if refusal.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="avatar"'
+        return response
+
+    def _health(self) -> dict:
+        rt = self.rt
+        models = {name: getattr(rt.models, name, None) is not None for name in ("vad", "asr", "llm", "tts")}
+        memory_ok = rt.memory.ping()
+        health = {
+            "status": "ok" if all(models.values()) and memory_ok and not self.closing else "unavailable",
+            "models": models, "memory": memory_ok, "video": rt.faces is not None,
+            "faces": len(rt.faces.names) if rt.faces is not None else 0,
+            "sessions": len(self.sessions), "connections": self.addresses.total(),
+            "max_sessions": rt.config.limits.max_sessions, "uptime_s": round(time.time() - self.started, 1),
+            "token_required": self.access.required,
+        }
+        if self.closing:
+            health["closing"] = True
+        if rt.faults:
+            health["faults"] = [str(f) for f in rt.faults]
+        return health
 
     def _static(self, path: str) -> Response:
         relative = path.lstrip("/") or "index.html"
@@ -74,15 +135,41 @@ class AvatarServer:
     # -- WebSocket ---------------------------------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
         rt = self.rt
-        outbound = Outbound(ws.send, sample_rate=rt.output_rate, audio_lead_s=rt.config.limits.audio_lead_s)
+        limits = rt.config.limits
+        outbound = self._new_outbound(ws)
+        guard = ConnectionGuard(limits)
+        outbound.observers.append(guard.observe)
         sender = asyncio.create_task(outbound.run())
         session: Session | None = None
         peer = ws.remote_address[0] if ws.remote_address else "?"
+        address = self.access.client_address(ws.remote_address, ws.request.headers if ws.request else None)
+        self.addresses.add(address)
+        self.connections[ws] = outbound
+        watchdog = asyncio.create_task(self._watch_idle(ws, outbound, guard))
         try:
+            if self.addresses.count(address) > limits.max_sessions_per_client:  # handshakes that raced
+                await self._close(ws, outbound, {**LimitHit("limits.max_sessions_per_client", f"{address} "
+                                  f"already has {limits.max_sessions_per_client} conversations open").event(),
+                                  "fatal": True}, 1008)
+                return
             async for message in ws:
+                hit = guard.on_message()
+                if hit is not None:
+                    self._limited(outbound, guard, hit)
+                    continue
+                if self._too_large(message):
+                    await self._close(ws, outbound, {**LimitHit(
+                        "limits.max_message_bytes", f"a message of {self._size(message)} bytes is over the limit "
+                        f"of {limits.max_message_bytes} bytes (limits.max_message_bytes); the connection is "
+                        "closed. Send audio in frames of 20-100 ms", code="too_large").event(), "fatal": True}, 1009)
+                    return
                 try:
                     if isinstance(message, bytes):
                         samples = parse_audio_message(message)
+                        hit = guard.on_audio(len(samples))
+                        if hit is not None:
+                            self._limited(outbound, guard, hit)
+                            continue
                         if session is None:
                             session = self._open_session(outbound, {})
                         session.on_audio(samples)
@@ -92,6 +179,9 @@ class AvatarServer:
                         session = self._open_session(outbound, parsed.fields if parsed.type == "hello" else {})
                         if parsed.type == "hello":
                             continue
+                    if parsed.type == "text" and (hit := guard.on_text_turn()) is not None:
+                        self._limited(outbound, guard, hit)
+                        continue
                     self._dispatch(session, parsed)
                 except AvatarError as exc:
                     outbound.send_json(error_event(exc.code, exc.message))
@@ -102,7 +192,7 @@ class AvatarServer:
             try:
                 outbound.send_json(error_event("internal", "the server hit an internal error in this "
                                                "session; reconnect to continue", fatal=True))
-                await asyncio.wait_for(outbound._send_due(), 1.0)
+                await outbound.drain(1.0)
             except Exception:  # noqa: BLE001
                 pass
         finally:
@@ -112,6 +202,84 @@ class AvatarServer:
                 log.info("session %s closed (%s)", session.session_id[:8], peer)
             outbound.closed = True
             sender.cancel()
+            watchdog.cancel()
+            self.connections.pop(ws, None)
+            self.addresses.remove(address)
+            self.metrics.untrack(outbound)
+
+    def _new_outbound(self, ws: ServerConnection) -> Outbound:
+        rt = self.rt
+        limits = rt.config.limits
+
+        def buffered() -> int:
+            transport = ws.transport
+            return transport.get_write_buffer_size() if transport is not None else 0
+
+        outbound = Outbound(ws.send, sample_rate=rt.output_rate, audio_lead_s=limits.audio_lead_s,
+                            send_stall_s=limits.send_stall_s or None, max_queued_bytes=limits.max_queued_bytes,
+                            buffered=buffered, video_buffer_bytes=limits.video_buffer_bytes,
+                            render_timeout_s=limits.render_timeout_s)
+        outbound.observers.append(self.metrics.observe_event)
+        outbound.on_stall = lambda reason: self._abandon(ws, reason)
+        self.metrics.track(outbound)
+        return outbound
+
+    # -- limits ------------------------------------------------------------------------------------------
+    def _limited(self, outbound: Outbound, guard: ConnectionGuard, hit: LimitHit) -> None:
+        self.metrics.rate_limited.inc(limit=hit.limit)
+        if guard.should_report(hit):
+            outbound.send_json(hit.event())
+
+    def _too_large(self, message: str | bytes) -> bool:
+        limit = self.rt.config.limits.max_message_bytes
+        if isinstance(message, str) and len(message) * 4 <= limit:
+            return False  # cannot be over the limit in UTF-8: skip the encoding
+        return self._size(message) > limit
+
+    @staticmethod
+    def _size(message: str | bytes) -> int:
+        return len(message) if isinstance(message, bytes) else len(message.encode("utf-8"))
+
+    async def _close(self, ws: ServerConnection, outbound: Outbound, event: dict | None, code: int,
+                     reason: str | None = None) -> None:
+        """Tell the client why (an error event), then close the connection with ``code``."""
+        if event is not None:
+            outbound.send_json(event)
+            await outbound.drain(1.0)
+            reason = reason or event.get("limit") or event.get("code", "")
+        self.metrics.closed.inc(reason=str(reason or code))
+        try:
+            await asyncio.wait_for(ws.close(code, (reason or "")[:120]), 3.0)
+        except (asyncio.TimeoutError, ConnectionClosed):
+            if ws.transport is not None:
+                ws.transport.abort()
+
+    def _abandon(self, ws: ServerConnection, reason: str) -> None:
+        """The client stopped reading (or sending failed): close it without waiting for it."""
+        self.metrics.closed.inc(reason="stalled")
+
+        async def close() -> None:
+            try:
+                await asyncio.wait_for(ws.close(4001, "client stalled: " + reason[:100]), 2.0)
+            except Exception:  # noqa: BLE001 - it is not reading: cut the line
+                if ws.transport is not None:
+                    ws.transport.abort()
+
+        asyncio.get_running_loop().create_task(close())
+
+    async def _watch_idle(self, ws: ServerConnection, outbound: Outbound, guard: ConnectionGuard) -> None:
+        timeout = self.rt.config.limits.idle_timeout_s
+        if timeout <= 0:
+            return
+        while True:
+            await asyncio.sleep(max(0.05, min(timeout - guard.idle_for(), 5.0)))
+            if guard.idle_for() >= timeout:
+                event = {**LimitHit("limits.idle_timeout_s", f"no message from the client for {timeout:g} s "
+                                    "(limits.idle_timeout_s); the connection is closed. Reconnect with your "
+                                    "session_id and resume_key to go on", code="idle_timeout").event(),
+                         "fatal": True}
+                await self._close(ws, outbound, event, 4000, "idle timeout (limits.idle_timeout_s)")
+                return
 
     def _dispatch(self, session: Session, message) -> None:
         kind, fields = message.type, message.fields
@@ -137,19 +305,10 @@ class AvatarServer:
     def _open_session(self, outbound: Outbound, hello: dict) -> Session:
         rt = self.rt
         store = rt.memory
-        user_id = hello.get("user_id")
-        session_id = hello.get("session_id")
-        resumed = False
-        if session_id is not None:
-            if store.session_exists(session_id):
-                resumed = True
-                user_id = user_id or store.session_user(session_id)
-            else:
-                outbound.send_json(error_event(
-                    "unknown_session", f"session {session_id!r} is unknown to this server (its history may "
-                    "have been deleted); a new conversation was started"))
-                session_id = None
-        session_id = store.create_session(user_id, session_id)
+        admission = admit(store, hello)  # resume only with the session's resume_key (avatar/access.py)
+        for code, message in admission.errors:
+            outbound.send_json(error_event(code, message))
+        session_id, user_id, resumed = admission.session_id, admission.user_id, admission.resumed
         history: list[Turn] = store.history(session_id=session_id, user_id=user_id)
         face_name = None
         animator = None
@@ -168,7 +327,8 @@ class AvatarServer:
             cfg = rt.config.video
             video = {"fps": cfg.fps, "width": cfg.size, "height": cfg.size, "format": cfg.format}
         outbound.send_json({
-            "type": "ready", "session_id": session_id, "user_id": user_id, "resumed": resumed,
+            "type": "ready", "session_id": session_id, "resume_key": admission.resume_key, "user_id": user_id,
+            "user_key": admission.user_key, "resumed": resumed,
             "history": [m for t in history for m in ({"role": "user", "text": t.user_text},
                                                      {"role": "assistant", "text": t.reply_text})],
             "persona": {"name": rt.config.persona.name},
@@ -181,6 +341,7 @@ class AvatarServer:
         if animator is not None:
             self._attach_video(session)
         self.sessions.add(session)
+        self.metrics.sessions_opened.inc(resumed=str(resumed).lower())
         log.info("session %s opened (user=%s, resumed=%s, %d turns of history)", session_id[:8], user_id,
                  resumed, len(history))
         return session
@@ -189,7 +350,8 @@ class AvatarServer:
         from avatar.face import FaceAnimator
 
         cfg = self.rt.config.video
-        return FaceAnimator(self.rt.faces.get(face_name), fps=cfg.fps, sample_rate=self.rt.output_rate)
+        animator = FaceAnimator(self.rt.faces.get(face_name), fps=cfg.fps, sample_rate=self.rt.output_rate)
+        return faults.wrap_animator(animator, self.rt.faults)  # unchanged unless AVATAR_FAULTS names render
 
     def _attach_video(self, session: Session) -> None:
         loop = asyncio.get_running_loop()
@@ -215,8 +377,13 @@ class AvatarServer:
     # -- running ------------------------------------------------------------------------------------
     async def serve_forever(self, host: str, port: int, *, on_ready=None) -> None:
         limits = self.rt.config.limits
+        if host != self.access.bind_host:
+            self.access = AccessPolicy(self.rt.config.server, bind_host=host, data_dir=self.rt.config.data_path)
+        # Messages up to max_message_bytes are read; up to 4x that, they get a too_large error event
+        # before the close; beyond, websockets closes the connection (1009) without reading them.
+        hard_cap = max(4 * limits.max_message_bytes, limits.max_message_bytes + 65536)
         async with serve(self.handle, host, port, process_request=self.process_request,
-                         max_size=limits.max_message_bytes, ping_interval=20, ping_timeout=20) as server:
+                         max_size=hard_cap, ping_interval=20, ping_timeout=20) as server:
             if on_ready is not None:
                 on_ready(server)
             stop = asyncio.get_running_loop().create_future()
@@ -226,8 +393,34 @@ class AvatarServer:
                 except (NotImplementedError, RuntimeError):
                     pass
             await stop
-            log.info("shutting down: closing %d sessions", len(self.sessions))
-            for session in list(self.sessions):
-                session.interrupt("shutdown")
+            await self.shutdown()
             server.close()
             await server.wait_closed()
+
+    async def shutdown(self) -> None:
+        """SIGTERM: refuse new connections, end every turn in progress (what was heard is stored), tell
+        every client why, then close the connections with 1001 and a reason."""
+        self.closing = True
+        log.info("shutting down: closing %d sessions", len(self.sessions))
+        for session in list(self.sessions):
+            try:
+                session.interrupt("shutdown")
+            except Exception:  # noqa: BLE001 - one session must not keep the others from closing cleanly
+                log.exception("ending session %s", session.session_id[:8])
+        grace = self.rt.config.limits.shutdown_grace_s
+        connections = list(self.connections.items())
+        for _, outbound in connections:
+            outbound.send_json(error_event("shutdown", "the server is shutting down; reconnect in a moment and "
+                                           "send your session_id and resume_key to go on", fatal=True))
+        if connections:
+            await asyncio.wait([asyncio.ensure_future(out.drain(grace)) for _, out in connections], timeout=grace)
+
+            async def close(ws: ServerConnection) -> None:
+                try:
+                    await asyncio.wait_for(ws.close(1001, "server shutting down; reconnect to resume"), 2.0)
+                except Exception:  # noqa: BLE001
+                    if ws.transport is not None:
+                        ws.transport.abort()
+
+            await asyncio.gather(*(close(ws) for ws, _ in connections))
+            self.metrics.closed.inc(len(connections), reason="shutdown")

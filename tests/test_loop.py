@@ -121,7 +121,8 @@ def test_barge_in_over_a_real_socket(server_factory, tmp_path):
     late = [e for e in after[after.index(stop):] + trailing if e["type"] == "audio" and e["turn_id"] == stop["turn_id"]]
     assert not late
     # The stored reply is what was heard.
-    resumed = asyncio.run(talk(server.ws_url, text="Thanks.", session_id=ready["session_id"], video=False))
+    resumed = asyncio.run(talk(server.ws_url, text="Thanks.", session_id=f"{ready['session_id']}:{ready['resume_key']}",
+                               video=False))
     history = next(e for e in resumed.events if e["type"] == "ready")["history"]
     assert history[1] == {"role": "assistant", "text": end["heard"]}
 

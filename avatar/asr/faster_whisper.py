@@ -32,9 +32,9 @@ class FasterWhisperASR:
 
         self.model_dir = whisper_dir(cfg.model)
         # A folder without these files would make faster-whisper fetch a tokenizer from the hub.
-        missing = [n for n in ("model.bin", "config.json", "tokenizer.json") if not (Path(self.model_dir) / n).is_file()]
-        if missing:
-            raise ModelMissingError(f"{self.model_dir} is not a CTranslate2 Whisper model: missing {', '.join(missing)}")
+        needed = ("model.bin", "config.json", "tokenizer.json")
+        if missing := [n for n in needed if not (Path(self.model_dir) / n).is_file()]:
+            raise ModelMissingError(f"{self.model_dir} is no CTranslate2 Whisper model: no {', '.join(missing)}")
         self.device = resolve_device(cfg.device)
         self.compute_type = cfg.compute_type
         self.beam_size = cfg.beam_size
@@ -45,7 +45,7 @@ class FasterWhisperASR:
             )
         except (RuntimeError, ValueError) as exc:
             if "compute type" in str(exc) or "CUDA" in str(exc):
-                raise ConfigError(f"faster-whisper cannot run on {self.device} with {cfg.compute_type}: {exc}") from None
+                raise ConfigError(f"faster-whisper cannot run {cfg.compute_type} on {self.device}: {exc}") from None
             raise ModelMissingError(f"cannot load Whisper model from {self.model_dir}: {exc}") from None
         self.multilingual = self.model.model.is_multilingual
 

@@ -33,3 +33,4 @@ FOREHEAD_TOP = 10
 CHIN = 152
 NOSE_TIP = 1
 CHEEK_SILHOUETTE = (234, 454)  # widest face points, about at ear level (jaw pivot depth)
+JAW_LINE_ENDS = (132, 361)  # face outline near the ear lobes: where the mandible meets the cheek

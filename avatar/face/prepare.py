@@ -31,7 +31,7 @@ import numpy as np
 from avatar.errors import FaceError
 from avatar.face import landmarks as lm
 
-CACHE_VERSION = 3
+CACHE_VERSION = 5
 CACHE_SUFFIX = ".face.npz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_FACE_PX = 120  # face width in the photo below which the mouth would be mush once scaled up
@@ -41,7 +41,8 @@ GRID_STEP = 4  # pixels between samples of the cached displacement fields
 
 # Controls whose fields differ above and below the mouth line ("U" for the part above, "L" below).
 SPLIT_CONTROLS = ("jaw_open", "upper_lip", "lower_lip+", "lower_lip-", "lip_round")
-SHARED_CONTROLS = ("lip_spread", "brow+", "brow-", "head_yaw", "head_pitch", "head_roll", "breath")
+SHARED_CONTROLS = ("lip_spread", "brow+", "brow-")
+GLOBAL_CONTROLS = ("head_yaw", "head_pitch", "head_roll", "breath")  # head pose: applied after the expression
 
 
 @dataclass
@@ -57,7 +58,7 @@ class PreparedFace:
     roi: tuple[int, int, int, int]  # x0, y0, x1, y1: the only region that ever changes
     grid_step: int
     # name -> (field above the mouth line, field below it); shared fields use the same array twice.
-    # Each field is (gh, gw, 2) float32 on the coarse grid x0 + i*step, y0 + j*step: the source offset.
+    # Each field is (gh, gw, 2) float32 on the coarse grid x0 + (step-1)/2 + i*step (same in y): source offset.
     bases: dict[str, tuple[np.ndarray, np.ndarray]]
     sha256: str = ""
     cache_path: Path | None = None
@@ -270,7 +271,7 @@ def _geometry(points: np.ndarray) -> _Geometry:
     # Mouth line: midline of the inner lips between the corners, then on to the jaw pivots.
     iu, il = pts[lm.LIPS_INNER_UPPER], pts[lm.LIPS_INNER_LOWER]
     mid = (iu + il) / 2
-    piv_l, piv_r = pts[lm.CHEEK_SILHOUETTE[0]], pts[lm.CHEEK_SILHOUETTE[1]]
+    piv_l, piv_r = pts[lm.JAW_LINE_ENDS[0]], pts[lm.JAW_LINE_ENDS[1]]
     line = np.vstack([piv_l, c_l, mid, c_r, piv_r])
     below = pts[:, 1] - _polyline_y(line[:, 0], line[:, 1], pts[:, 0])
     s = np.abs(pts[:, 0] - mouth_c[0]) / (mouth_w / 2)
@@ -304,17 +305,17 @@ def _motion(g: _Geometry, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     near_corner = np.minimum(np.linalg.norm(pts - pts[lm.MOUTH_CORNERS[0]], axis=1),
                              np.linalg.norm(pts - pts[lm.MOUTH_CORNERS[1]], axis=1))
     if name == "jaw_open":
-        # The mandible rotates about the ear axis: a point drops in proportion to how far in front of the axis
-        # it is (MediaPipe depth), weighted by how firmly it belongs to the jaw.
-        z_axis = g.z[list(lm.CHEEK_SILHOUETTE)].mean()
-        z_ref = g.z[17]
-        rot = np.clip((z_axis - g.z) / max(z_axis - z_ref, 1e-3), 0.0, 1.25)
-        w = _smoothstep((g.below + 0.1 * mw) / (0.25 * mw))
-        w = np.where(g.lower_lip, np.maximum(w, 1 - 0.65 * s ** 2), w)
-        w = np.where(g.in_span & (g.below > 0) & ~g.upper_lip, np.maximum(w, 1 - 0.65 * s ** 2), w)
-        w = np.where(g.upper_lip, 0.35 * s ** 2, w)
-        w[corner_ids] = 0.35
-        d[:, 1] = 0.38 * mw * rot * w
+        # The mandible drops: full at the lower lip and chin, less toward the jaw angles (frontal view of a
+        # rotation about the ear axis), a third at the mouth corners, nothing above the corner-ear line.
+        lat = np.sqrt(np.clip(1 - ((x - g.mouth_c[0]) / (0.62 * g.face_w)) ** 2, 0, 1))
+        below = g.below
+        v = np.where(below >= 0, 0.35 + 0.65 * _smoothstep(below / (0.45 * mw)),
+                     0.35 * _smoothstep((below + 0.45 * mw) / (0.45 * mw)))
+        v = np.where(g.lower_lip, np.maximum(v, 1 - 0.65 * s ** 2), v)
+        v = np.where(g.in_span & (below > 0) & ~g.upper_lip, np.maximum(v, 1 - 0.65 * s ** 2), v)
+        v = np.where(g.upper_lip, 0.35 * s ** 2, v)
+        v[corner_ids] = 0.35
+        d[:, 1] = 0.38 * mw * lat * v
     elif name == "upper_lip":  # + raises the upper lip (shows the upper teeth)
         w = np.where(g.upper_lip, 1 - 0.6 * s ** 2, 0.0)
         w = np.where(g.lower_lip, 0.4 * s ** 2, w)
@@ -393,14 +394,14 @@ def _ring(g: _Geometry, radius: float, n: int = 56) -> np.ndarray:
     return g.head_c + radius * g.head_axes * np.stack([np.cos(t), np.sin(t)], axis=1)
 
 
-def _tps(points: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+def _tps(points: np.ndarray, values: np.ndarray, query: np.ndarray, smoothing: float = 2.0) -> np.ndarray:
     from scipy.interpolate import RBFInterpolator
 
     # Merge duplicates (mesh points can coincide on a closed mouth) to keep the system well posed.
     key = np.round(points * 4).astype(np.int64)
     _, idx = np.unique(key[:, 0] * 100003 + key[:, 1], return_index=True)
     idx = np.sort(idx)
-    interp = RBFInterpolator(points[idx], values[idx], kernel="thin_plate_spline", smoothing=0.05, degree=1)
+    interp = RBFInterpolator(points[idx], values[idx], kernel="thin_plate_spline", smoothing=smoothing, degree=1)
     return interp(query)
 
 
@@ -412,11 +413,16 @@ def compute_fields(points: np.ndarray, size: int, step: int = GRID_STEP):
     x1 = int(min(size, math.ceil(g.head_c[0] + outer * g.head_axes[0]) + 3))
     y0 = int(max(0, math.floor(g.head_c[1] - outer * g.head_axes[1]) - 2))
     y1 = int(min(size, math.ceil(g.head_c[1] + outer * g.head_axes[1]) + 3))
-    gw = (x1 - 1 - x0) // step + 2
-    gh = (y1 - 1 - y0) // step + 2
-    gx, gy = np.meshgrid(x0 + step * np.arange(gw, dtype=np.float64), y0 + step * np.arange(gh, dtype=np.float64))
+    # Sample j sits at pixel x0 + (step - 1) / 2 + j * step: the centre of a step x step block, which is
+    # where cv2.resize puts it, so the renderer upsamples with one resize.
+    off = (step - 1) / 2
+    gw = -(-(x1 - x0) // step)
+    gh = -(-(y1 - y0) // step)
+    gx, gy = np.meshgrid(x0 + off + step * np.arange(gw, dtype=np.float64),
+                         y0 + off + step * np.arange(gh, dtype=np.float64))
     query = np.stack([gx.ravel(), gy.ravel()], axis=1)
     mask = g.head_mask(query).reshape(gh, gw)
+    window = 1.0 - _smoothstep((np.abs(gx - g.mouth_c[0]) - 0.5 * g.mouth_w) / (0.35 * g.mouth_w))
     ring = _ring(g, outer)
     neck_x = np.linspace(g.pts[lm.FACE_OVAL, 0].min(), g.pts[lm.FACE_OVAL, 0].max(), 9)
     neck = np.stack([neck_x, np.full_like(neck_x, g.pts[lm.CHIN, 1] + 0.35 * g.face_h)], axis=1)
@@ -438,7 +444,8 @@ def compute_fields(points: np.ndarray, size: int, step: int = GRID_STEP):
             upper_side = (g.upper_lip | ((g.below <= 0) & ~g.lower_lip)) & g.in_span
             up = field_from(d, all_pts & ~lower_side)
             low = field_from(d, all_pts & ~upper_side)
-            bases[name] = (up, low)
+            # Beyond the mouth corners one field serves both sides, so the skin there cannot tear.
+            bases[name] = (up, (up + (low - up) * window[..., None]).astype(np.float32))
         else:
             f = field_from(d, all_pts)
             bases[name] = (f, f)

@@ -6,8 +6,28 @@ import threading
 from typing import Iterator
 
 from avatar.config import LLMConfig
-from avatar.errors import ModelMissingError
+from avatar.errors import ModelMissingError, StageError
 from avatar.weights import llm_gguf
+
+
+def plain_messages(messages: list[dict]) -> list[dict]:
+    """Messages whose text cannot forge chat-template markers such as ``<|im_start|>system``.
+
+    Chat prompts are tokenised with special tokens enabled, so a user who types a marker could open a
+    new system turn; breaking the ``<|`` opener keeps the text readable but inert.
+    """
+    return [{**m, "content": str(m.get("content", "")).replace("<|", "< |")} for m in messages]
+
+
+def acquire_unless_cancelled(lock: threading.Lock, cancel: threading.Event | None) -> bool:
+    """Wait for ``lock``, giving up as soon as ``cancel`` is set (a barge-in while another session talks)."""
+    while not lock.acquire(timeout=0.02):
+        if cancel is not None and cancel.is_set():
+            return False
+    if cancel is not None and cancel.is_set():
+        lock.release()
+        return False
+    return True
 
 
 class LlamaCppLLM:
@@ -48,18 +68,22 @@ class LlamaCppLLM:
         temperature: float = 0.7,
         cancel: threading.Event | None = None,
     ) -> Iterator[str]:
-        with self._lock:
-            if cancel is not None and cancel.is_set():
-                return
+        if not acquire_unless_cancelled(self._lock, cancel):
+            return
+        stream = None
+        try:
             stream = self.llm.create_chat_completion(
-                messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
+                messages=plain_messages(messages), max_tokens=max_tokens, temperature=temperature, stream=True,
             )
-            try:
-                for chunk in stream:
-                    if cancel is not None and cancel.is_set():
-                        break
-                    piece = chunk["choices"][0]["delta"].get("content")
-                    if piece:
-                        yield piece
-            finally:
+            for chunk in stream:
+                if cancel is not None and cancel.is_set():
+                    break
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    yield piece
+        except ValueError as exc:  # e.g. the prompt is longer than the context window
+            raise StageError(f"the LLM could not answer: {exc}") from None
+        finally:
+            if stream is not None:
                 stream.close()  # stops llama.cpp evaluating further tokens
+            self._lock.release()

@@ -45,7 +45,7 @@ class OpenAIHTTPLLM:
             return urllib.request.urlopen(request, timeout=self.timeout_s)
         except urllib.error.HTTPError as exc:
             detail = exc.read(500).decode("utf-8", "replace").strip()
-            raise StageError(f"LLM server {self.endpoint} answered HTTP {exc.code} {exc.reason}: {detail}") from None
+            raise StageError(f"LLM server {self.endpoint} answered {exc.code} {exc.reason}: {detail}") from None
         except urllib.error.URLError as exc:
             reason = exc.reason
             hint = " Is the server running?" if isinstance(reason, ConnectionRefusedError) else ""

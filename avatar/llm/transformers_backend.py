@@ -1,26 +1,20 @@
 """Chat LLM with Hugging Face transformers: the GPU path (bf16 on CUDA), fp32 on the CPU otherwise.
 
 torch and transformers are imported only when this backend is chosen, so the CPU install needs neither.
-Models load from local files only: a Hugging Face model folder, a GGUF file (dequantised on load, which
-needs the ``gguf`` package), or a preset name whose GGUF ships in a pip package.
+Models load from local files only: a Hugging Face model folder, a GGUF file (read through the ``gguf``
+package), or a preset name whose GGUF ships in a pip package.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator
 
 from avatar.config import LLMConfig
-from avatar.errors import ConfigError, ModelMissingError
-from avatar.weights import LLM_PRESETS, cache_dir, llm_gguf
-
-log = logging.getLogger(__name__)
+from avatar.errors import ConfigError, ModelMissingError, StageError
+from avatar.llm.llama_cpp import acquire_unless_cancelled, plain_messages
+from avatar.weights import LLM_PRESETS, llm_gguf
 
 INSTALL = "pip install torch==2.13.0 transformers==5.17.0 accelerate==1.15.0 gguf==0.19.0"
 
@@ -35,33 +29,12 @@ def _imports():
 
 
 def _load(tf, path: Path, dtype):
-    """Tokenizer and model from a folder, or from a GGUF through a converted copy in the avatar cache.
-
-    Reading a GGUF means parsing its vocabulary and dequantising every tensor in Python (about 50 s for
-    SmolLM2-135M on two cores); the converted safetensors folder loads in seconds on later starts.
-    """
-    if path.is_dir():
-        return (tf.AutoTokenizer.from_pretrained(path, local_files_only=True),
-                tf.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype))
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    converted = cache_dir() / "hf" / f"{path.stem}.{key}.{str(dtype).split('.')[-1]}"
-    if (converted / "config.json").is_file():
-        return _load(tf, converted, dtype)
-    tokenizer = tf.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    model = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True, dtype=dtype)
-    tmp = None
-    try:
-        converted.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=converted.parent, suffix=".tmp"))
-        tokenizer.save_pretrained(tmp)
-        model.save_pretrained(tmp)
-        os.replace(tmp, converted)
-    except OSError as exc:
-        log.warning("cannot cache the converted model in %s (%s); it is converted again next start", converted, exc)
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return tokenizer, model
+    # transformers reads a GGUF in Python (vocabulary and tensors): about 50 s for SmolLM2-135M on two
+    # cores. A quantised GGUF model cannot be saved back as safetensors, so it is read at every start;
+    # give a Hugging Face model folder for quick starts on a GPU.
+    folder, extra = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
+    return (tf.AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra),
+            tf.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **extra))
 
 
 class TransformersLLM:
@@ -107,15 +80,16 @@ class TransformersLLM:
                 flag = stop.is_set() or (cancel is not None and cancel.is_set())
                 return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)
 
-        with self._lock:
-            if cancel is not None and cancel.is_set():
-                return
+        if not acquire_unless_cancelled(self._lock, cancel):
+            return
+        failure: list[BaseException] = []
+        worker = None
+        try:
             inputs = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+                plain_messages(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
             ).to(self.device)
             streamer = tf.TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-            failure: list[BaseException] = []
 
             def generate():
                 try:
@@ -131,14 +105,15 @@ class TransformersLLM:
 
             worker = threading.Thread(target=generate, name="llm-generate", daemon=True)
             worker.start()
-            try:
-                for piece in streamer:
-                    if cancel is not None and cancel.is_set():
-                        break
-                    if piece:
-                        yield piece
-            finally:
-                stop.set()
+            for piece in streamer:
+                if cancel is not None and cancel.is_set():
+                    break
+                if piece:
+                    yield piece
+        finally:
+            stop.set()
+            if worker is not None:
                 worker.join()
-            if failure:
-                raise failure[0]
+            self._lock.release()
+        if failure:
+            raise StageError(f"the LLM failed while generating: {failure[0]!r}") from failure[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -60,7 +61,7 @@ def aligned_model(source: Path) -> tuple[Path, bool]:
         onnx.save(model, tmp)
         os.replace(tmp, cached)
     except OSError as exc:
-        log.warning("cannot cache the aligned voice in %s (%s); it is patched again at every start", cached.parent, exc)
+        log.warning("cannot cache the aligned voice in %s (%s); it is patched at every start", cached.parent, exc)
         return source, False
     return cached, True
 
@@ -72,7 +73,6 @@ class PiperTTS:
         import onnxruntime
         from piper import PiperVoice, SynthesisConfig
         from piper.config import PiperConfig
-        import json
 
         self.voice_path = piper_voice(cfg.voice or persona.voice)
         model_path, self.has_timings = aligned_model(self.voice_path)
@@ -80,10 +80,12 @@ class PiperTTS:
             config = PiperConfig.from_dict(json.loads(Path(f"{self.voice_path}.json").read_text("utf-8")))
             opts = onnxruntime.SessionOptions()
             opts.log_severity_level = 3
-            session = onnxruntime.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(
+                str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # bad JSON, or onnxruntime's untyped load errors
             raise ModelMissingError(f"cannot load Piper voice {self.voice_path}: {exc}") from None
-        # PiperVoice.load takes no session options and would patch the graph in memory on every start.
+        # Built directly: PiperVoice.load(include_alignments=True) would patch the graph again at every start.
         self.voice = PiperVoice(session=session, config=config, download_dir=cache_dir() / "piper")
         self.sample_rate = config.sample_rate
         self._syn = SynthesisConfig(length_scale=cfg.length_scale)

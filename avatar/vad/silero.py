@@ -24,7 +24,7 @@ class SileroStream:
     def probability(self, frame: np.ndarray) -> float:
         frame = np.asarray(frame, np.float32).reshape(-1)
         if frame.shape[0] != self._model.frame_samples:
-            raise ValueError(f"Silero VAD needs frames of {self._model.frame_samples} samples, got {frame.shape[0]}")
+            raise ValueError(f"Silero VAD takes {self._model.frame_samples}-sample frames, got {frame.shape[0]}")
         window = np.concatenate([self._context, frame])[None, :]
         prob, self._h, self._c = self._model.session.run(None, {"input": window, "h": self._h, "c": self._c})
         self._context = frame[-_CONTEXT:].copy()

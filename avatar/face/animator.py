@@ -1,0 +1,161 @@
+"""Per-session face animation on the output timeline.
+
+The server places reply audio on one timeline counted in samples at the TTS output rate (docs/protocol.md);
+``FaceAnimator`` keeps the speech placed on that timeline and turns any position into controls, a frame
+or a JPEG. Speech for a position is always added before the frame for that position is asked for, and
+frames come in increasing position order, roughly in real time.
+
+Cost per frame: interpolating a few precomputed 100 Hz control tracks, the idle motion, one render and
+one JPEG encode. The speech tracks are computed once per chunk in ``add_speech``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from avatar.face.controls import CONTROLS, MOUTH, IdleMotion, loudness, neutral, speech_track
+from avatar.face.prepare import PreparedFace
+from avatar.face.renderer import Renderer, create_renderer
+
+TRACK_HOP = 0.01  # seconds between samples of a speech track
+LEAD = 0.15  # the mouth may start moving this long before the chunk's audio (anticipation)
+TAIL = 0.30  # and settles this long after it
+RELEASE = 0.025  # time constant of the mouth closing after clear_speech (s)
+CHANNELS = MOUTH + ("brow", "head_pitch")
+
+
+@dataclass
+class _Speech:
+    start: int  # first audio sample on the timeline
+    end: int  # one past the last audio sample
+    t0: float  # timeline time (s) of track sample 0
+    values: np.ndarray  # (T, len(CHANNELS))
+    cut: int | None = None  # clear_speech position, if any
+
+    @property
+    def track_end(self) -> float:
+        return self.t0 + (len(self.values) - 1) * TRACK_HOP
+
+
+class FaceAnimator:
+    """Controls, frames and JPEGs for positions on one session's output timeline. Thread-safe."""
+
+    def __init__(self, face: PreparedFace, *, fps: int = 25, sample_rate: int = 22050, seed: int = 0,
+                 quality: int = 80, renderer: Renderer | None = None, idle: bool = True):
+        self.face = face
+        self.fps = fps
+        self.sample_rate = int(sample_rate)
+        self.quality = int(quality)
+        self.renderer = renderer if renderer is not None else create_renderer(face)
+        self._idle = IdleMotion(seed) if idle else None
+        self._speech: list[_Speech] = []
+        self._lock = threading.Lock()
+        self._last_jpeg: tuple[int, bytes] | None = None
+
+    # -- speech on the timeline -------------------------------------------------------------------
+    def add_speech(self, position: int, chunk_audio: np.ndarray, phonemes: Sequence | None = None) -> None:
+        """Place a speech chunk at timeline sample ``position``; ``phonemes`` are relative to the chunk
+        start (empty or None: the mouth follows the audio alone)."""
+        audio = np.asarray(chunk_audio)
+        if audio.ndim > 1:
+            audio = audio.reshape(-1)
+        n = len(audio)
+        if n == 0:
+            return
+        sr = self.sample_rate
+        times = np.arange(-LEAD, n / sr + TAIL + TRACK_HOP / 2, TRACK_HOP)
+        track = speech_track(audio, sr, list(phonemes or []), times)
+        # A little life while talking: brows lift and the head dips slightly on loud syllables.
+        loud = loudness(audio, sr, times)
+        k = np.ones(25) / 25  # 0.25 s
+        slow = np.convolve(loud, k, mode="same")
+        emphasis = np.clip(loud - slow - 0.1, 0, None)
+        brow = np.clip(np.convolve(emphasis, np.ones(15) / 15, mode="same") * 1.2, 0, 0.35)
+        nod = np.convolve(loud, np.ones(35) / 35, mode="same") * 0.9
+        values = np.stack([track[name] for name in MOUTH] + [brow, nod], axis=1)
+        seg = _Speech(int(position), int(position) + n, int(position) / sr - LEAD, values)
+        with self._lock:
+            starts = [s.start for s in self._speech]
+            self._speech.insert(bisect.bisect_right(starts, seg.start), seg)
+
+    def clear_speech(self, from_position: int) -> None:
+        """Barge-in: drop speech at and after ``from_position``; the mouth closes at once from there."""
+        p = int(from_position)
+        with self._lock:
+            kept = []
+            for seg in self._speech:
+                if seg.start >= p:
+                    continue
+                if seg.end > p or (seg.track_end * self.sample_rate > p):
+                    seg.cut = p if seg.cut is None else min(seg.cut, p)
+                kept.append(seg)
+            self._speech = kept
+            self._last_jpeg = None
+
+    def is_speaking(self, position: int) -> bool:
+        with self._lock:
+            return any(s.start <= position < (s.end if s.cut is None else min(s.end, s.cut)) for s in self._speech)
+
+    # -- per frame --------------------------------------------------------------------------------
+    def _speech_at(self, position: int) -> np.ndarray:
+        t = position / self.sample_rate
+        out = np.zeros(len(CHANNELS))
+        with self._lock:
+            # Forget speech that ended well before the frames being asked for.
+            while self._speech and self._speech[0].track_end < t - 2.0:
+                self._speech.pop(0)
+            segs = list(self._speech)
+        for seg in segs:
+            if t < seg.t0 or t > seg.track_end:
+                continue
+            x = (t - seg.t0) / TRACK_HOP
+            i = min(int(x), len(seg.values) - 2)
+            f = x - i
+            v = seg.values[i] * (1 - f) + seg.values[i + 1] * f
+            if seg.cut is not None and position >= seg.cut:
+                v = v * math.exp(-(position - seg.cut) / self.sample_rate / RELEASE)
+            out += v
+        return out
+
+    def controls_at(self, position: int) -> dict[str, float]:
+        """The control dict (see avatar.face.controls) for the frame shown at timeline sample ``position``."""
+        t = position / self.sample_rate
+        c = neutral()
+        if self._idle is not None:
+            c.update(self._idle.at(t))
+        v = self._speech_at(position)
+        for i, name in enumerate(CHANNELS):
+            c[name] = c.get(name, 0.0) + float(v[i])
+        for name, value in c.items():
+            lo, hi = CONTROLS[name]
+            c[name] = min(max(value, lo), hi)
+        return c
+
+    def frame_at(self, position: int) -> np.ndarray:
+        """The BGR frame (size x size) shown at timeline sample ``position``."""
+        return self.renderer.render(self.controls_at(position))
+
+    def jpeg_at(self, position: int) -> bytes:
+        """``frame_at`` encoded as JPEG (quality ``quality``)."""
+        import cv2
+
+        last = self._last_jpeg
+        if last is not None and last[0] == position:
+            return last[1]
+        ok, buf = cv2.imencode(".jpg", self.frame_at(position), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:  # pragma: no cover - cv2 always encodes a valid uint8 image
+            raise RuntimeError("JPEG encoding failed")
+        data = buf.tobytes()
+        self._last_jpeg = (position, data)
+        return data
+
+    def frame_positions(self, n_samples: int, start: int = 0) -> list[int]:
+        """Timeline positions of the frames covering ``n_samples`` from ``start`` (frame i at i/fps)."""
+        n = int(math.ceil(n_samples * self.fps / self.sample_rate - 1e-9))
+        return [start + int(round(i * self.sample_rate / self.fps)) for i in range(n)]
