@@ -54,8 +54,8 @@ class ASRConfig:
     device: str = "cpu"  # "cpu" | "cuda" | "auto"
     compute_type: str = "int8"  # "int8" on CPU, "float16" on CUDA
     beam_size: int = 1
-    partial_interval_ms: int = 600  # how often to re-transcribe the utterance while the user speaks
-    cpu_threads: int = 1
+    partial_interval_ms: int = 800  # how often to re-transcribe the utterance while the user speaks
+    cpu_threads: int = 2
 
 
 @dataclass

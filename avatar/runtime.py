@@ -39,6 +39,7 @@ class Runtime:
         self.llm_pool = ThreadPoolExecutor(sessions, thread_name_prefix="llm")
         self.tts_pool = ThreadPoolExecutor(2, thread_name_prefix="tts")
         self.render_pool = ThreadPoolExecutor(2, thread_name_prefix="render")
+        self._asr_running = 0  # transcriptions in flight, all sessions
         self._token_cache: dict[str, int] = {}
         self._token_lock = threading.Lock()
         self.faults: list = []  # avatar.faults.Fault, only when AVATAR_FAULTS was set at start-up
@@ -96,14 +97,21 @@ class Runtime:
                 self._token_cache[text] = count
         return count
 
-    async def transcribe(self, audio: np.ndarray) -> str:
+    async def transcribe(self, audio: np.ndarray, *, partial: bool = False) -> str | None:
+        """Text of ``audio``. A partial transcript is best effort: it is skipped (None) while any other
+        transcription runs, so that partials never delay a final one, which is on the critical path."""
+        if partial and self._asr_running:
+            return None
         loop = asyncio.get_running_loop()
         language = self.config.persona.language or None
-        call = loop.run_in_executor(self.asr_pool, lambda: self.models.asr.transcribe(audio, language=language))
+        self._asr_running += 1
         try:
+            call = loop.run_in_executor(self.asr_pool, lambda: self.models.asr.transcribe(audio, language=language))
             result = await asyncio.wait_for(call, self.config.limits.stage_timeout_s)
         except asyncio.TimeoutError:
             raise StageError(f"speech recognition took longer than {self.config.limits.stage_timeout_s:.0f} s")
+        finally:
+            self._asr_running -= 1
         return result.text.strip()
 
     async def stream_chat(self, messages: list[dict], cancel: threading.Event) -> AsyncIterator[str]:

@@ -205,7 +205,7 @@ class Session:
 
         async def partial() -> None:
             try:
-                text = await self.rt.transcribe(audio)
+                text = await self.rt.transcribe(audio, partial=True)
             except Exception as exc:  # noqa: BLE001 - partials are best effort; the final reports errors
                 log.debug("partial ASR failed: %r", exc)
                 return

@@ -120,10 +120,11 @@ async def test_barge_in_stops_audio_and_keeps_only_what_was_heard(make_session):
     await wait_for(lambda: wire.audio)
     await asyncio.sleep(0.8)
     sent_before = len(wire.audio)
-    t0 = asyncio.get_running_loop().time()
     await feed(session, speech_like(0.3))
     await wait_for(lambda: wire.of("interrupt"))
-    assert asyncio.get_running_loop().time() - t0 < 0.3 + 0.2  # within 200 ms of the speech start decision
+    # The interrupt goes out in the same step as the speech-start decision, before any other event.
+    types = [e["type"] for e in wire.events]
+    assert types[types.index("vad") + 1] == "interrupt"
     interrupt = wire.of("interrupt")[0]
     assert interrupt["reason"] == "barge_in"
     end = wire.of("turn_end")[0]

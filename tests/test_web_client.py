@@ -165,7 +165,7 @@ async ({maxMs, snapMs, maxSnaps}) => {
 def mouth_region(img: np.ndarray) -> np.ndarray:
     """The lower middle of a portrait crop, where the mouth is."""
     h, w = img.shape[:2]
-    return img[int(0.55 * h): int(0.90 * h), int(0.25 * w): int(0.75 * w)]
+    return img[int(0.50 * h): int(0.80 * h), int(0.30 * w): int(0.70 * w)]
 
 
 # -------------------------------------------------------------------------------------------- tests

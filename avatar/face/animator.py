@@ -47,13 +47,15 @@ class FaceAnimator:
     """Controls, frames and JPEGs for positions on one session's output timeline. Thread-safe."""
 
     def __init__(self, face: PreparedFace, *, fps: int = 25, sample_rate: int = 22050, seed: int = 0,
-                 quality: int = 80, renderer: Renderer | None = None, idle: bool = True):
+                 quality: int = 80, renderer: Renderer | None = None, idle: bool = True,
+                 speech_options: dict | None = None):
         self.face = face
         self.fps = fps
         self.sample_rate = int(sample_rate)
         self.quality = int(quality)
         self.renderer = renderer if renderer is not None else create_renderer(face)
         self._idle = IdleMotion(seed) if idle else None
+        self._speech_options = dict(speech_options or {})
         self._speech: list[_Speech] = []
         self._lock = threading.Lock()
         self._last_jpeg: tuple[int, bytes] | None = None
@@ -70,7 +72,7 @@ class FaceAnimator:
             return
         sr = self.sample_rate
         times = np.arange(-LEAD, n / sr + TAIL + TRACK_HOP / 2, TRACK_HOP)
-        track = speech_track(audio, sr, list(phonemes or []), times)
+        track = speech_track(audio, sr, list(phonemes or []), times, **self._speech_options)
         # A little life while talking: brows lift and the head dips slightly on loud syllables.
         loud = loudness(audio, sr, times)
         k = np.ones(25) / 25  # 0.25 s

@@ -156,15 +156,26 @@ def viseme(symbol: str) -> tuple[str, tuple[float, ...] | None]:
     return kind, _V[ch]
 
 
+_ATTACH_NEXT = set("ˈˌ")  # stress marks: their time belongs to the syllable that follows
+
+
 def _segments(phonemes: Iterable) -> list[_Segment]:
     segs: list[_Segment] = []
-    for ph in phonemes:
+    pending: float | None = None  # start of stress marks waiting for their syllable
+    for ph in sorted(phonemes, key=lambda p: float(p.start)):
         start, dur = float(ph.start), max(float(ph.duration), 0.0)
         kind, target = viseme(ph.symbol)
         if kind == "skip":
-            if segs and start <= segs[-1].end + 0.02:
+            if ph.symbol.strip() and all(ch in _ATTACH_NEXT for ch in ph.symbol.strip()):
+                pending = start if pending is None else pending
+            elif segs and start <= segs[-1].end + 0.02:
                 segs[-1].end = max(segs[-1].end, start + dur)
             continue
+        if pending is not None:
+            start, pending = min(start, pending), None
+            dur = max(float(ph.start) + dur - start, 0.0)
+        if segs and start - segs[-1].end > 0.05:  # a pause: the mouth rests
+            segs.append(_Segment("silence", np.zeros(5), np.full(5, 0.8), segs[-1].end, start))
         t = np.array(target, dtype=np.float64)
         if kind == "vowel":
             dom = np.array([1.0, 1.0, 1.0, 0.6, 0.6])
@@ -182,9 +193,15 @@ def _segments(phonemes: Iterable) -> list[_Segment]:
 
 def phoneme_track(phonemes: Sequence, times: np.ndarray, *, audio: np.ndarray | None = None,
                   sample_rate: int | None = None, anticipation: float = 0.08, carry: float = 0.06,
-                  loudness_mod: float = 0.35) -> dict[str, np.ndarray]:
-    """Mouth controls at ``times`` (seconds, same origin as the phonemes' ``start``)."""
+                  loudness_mod: float = 0.35, rest: float = 0.1, lead: float = 0.03) -> dict[str, np.ndarray]:
+    """Mouth controls at ``times`` (seconds, same origin as the phonemes' ``start``).
+
+    ``lead``: the mouth shapes run this much ahead of the phoneme timings (visible articulation leads
+    the sound by a few tens of milliseconds).
+    """
     times = np.asarray(times, dtype=np.float64)
+    audio_times = times
+    times = times + lead
     out = {name: np.zeros(len(times)) for name in MOUTH}
     segs = _segments(phonemes)
     if not segs or not len(times):
@@ -201,7 +218,7 @@ def phoneme_track(phonemes: Sequence, times: np.ndarray, *, audio: np.ndarray | 
         d = np.exp(-before / anticipation - after / carry)  # (T, N)
         w = d[:, :, None] * dom[None]  # (T, N, 5)
         # Far from any segment (before the first / after the last) the mouth relaxes to rest.
-        values[i0:i0 + 512] = (w * targets[None]).sum(1) / (w.sum(1) + 0.03)
+        values[i0:i0 + 512] = (w * targets[None]).sum(1) / (w.sum(1) + rest)
     # Closures: m/b/p must really close, f/v must tuck the lower lip, whatever the neighbours say.
     def envelope(kinds: set[str], width: float) -> np.ndarray:
         env = np.zeros(len(times))
@@ -215,7 +232,7 @@ def phoneme_track(phonemes: Sequence, times: np.ndarray, *, audio: np.ndarray | 
     tuck = envelope({"labiodental"}, 0.04)
     jaw, rnd, spr, up, low = (values[:, i] for i in range(5))
     if audio is not None and sample_rate and loudness_mod > 0:
-        loud = loudness(audio, sample_rate, times)
+        loud = loudness(audio, sample_rate, audio_times)
         jaw = jaw * (1 - loudness_mod + 1.25 * loudness_mod * loud)
     jaw = jaw * (1 - close)
     low = low * (1 - close) + close
@@ -309,7 +326,7 @@ def audio_track(audio: np.ndarray, sample_rate: int, times: np.ndarray) -> dict[
     low = spec[:, freqs < 1000].sum(1) / total
     fric = np.clip((high - 0.30) / 0.35, 0, 1)
     voiced = np.clip((low - 0.35) / 0.35, 0, 1)
-    jaw = 0.85 * loud ** 1.2 * (1 - 0.65 * fric)
+    jaw = 0.85 * loud ** 1.8 * (1 - 0.65 * fric)
     spread = 0.35 * fric * loud + 0.30 * np.clip((centroid - 1400) / 1500, 0, 1) * voiced * loud
     rnd = 0.55 * np.clip((800 - centroid) / 450, 0, 1) * voiced * loud
     up = 0.18 * fric * loud
@@ -326,10 +343,10 @@ def audio_track(audio: np.ndarray, sample_rate: int, times: np.ndarray) -> dict[
 
 
 def speech_track(audio: np.ndarray | None, sample_rate: int, phonemes: Sequence | None,
-                 times: np.ndarray) -> dict[str, np.ndarray]:
+                 times: np.ndarray, **options) -> dict[str, np.ndarray]:
     """Phoneme-driven when phonemes are given (and not empty), else audio-driven."""
     if phonemes:
-        return phoneme_track(phonemes, times, audio=audio, sample_rate=sample_rate)
+        return phoneme_track(phonemes, times, audio=audio, sample_rate=sample_rate, **options)
     if audio is None or not len(audio):
         return {name: np.zeros(len(times)) for name in MOUTH}
     return audio_track(audio, sample_rate, times)
