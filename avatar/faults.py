@@ -10,8 +10,8 @@ the faults in ``/healthz``. The value is a comma-separated list of ``STAGE:MODE[
     - ``hang``: block before the first output, until the stage is cancelled or SECONDS pass (default 120);
     - ``slow``: wait SECONDS (default 1) before every output;
     - ``hang_mid`` / ``raise_mid``: give the first output, then hang / raise (a stream that dies half-way).
-* ``@WORD``: only when the stage's input contains WORD (llm: the last user message; tts: the text to
-  speak). Lets a test break one session while the others go on. Not available for asr and render.
+* ``@WORD``: only when the stage's input contains WORD (llm: the last line of the last user message;
+  tts: the text to speak). Lets a test break one session while the others go on. Not available for asr and render.
 
 Example: ``AVATAR_FAULTS="llm:hang_mid:20@HANGME,tts:raise@BOOM"``.
 """
@@ -107,18 +107,23 @@ def _stream(fault: Fault | None, items: Iterator, cancel: threading.Event | None
     if fault is None:
         yield from items
         return
-    _before_first(fault, cancel)
-    if fault.mode == "hang" and cancel is not None and cancel.is_set():
-        return
-    for index, item in enumerate(items):
-        if index == 1 and fault.mode == "raise_mid":
-            raise InjectedFault(f"injected fault: {fault}")
-        if index == 1 and fault.mode == "hang_mid":
-            _hang(fault.seconds, cancel)
+    try:
+        _before_first(fault, cancel)
+        if fault.mode == "hang" and cancel is not None and cancel.is_set():
             return
-        if fault.mode == "slow":
-            time.sleep(fault.seconds or 0.0)
-        yield item
+        for index, item in enumerate(items):
+            if index == 1 and fault.mode == "raise_mid":
+                raise InjectedFault(f"injected fault: {fault}")
+            if index == 1 and fault.mode == "hang_mid":
+                _hang(fault.seconds, cancel)  # the model's generator stays open meanwhile (holds its lock)
+                return
+            if fault.mode == "slow":
+                time.sleep(fault.seconds or 0.0)
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def _one_call(fault: Fault | None) -> None:
@@ -154,6 +159,7 @@ class FaultyASR(_Proxy):
 class FaultyLLM(_Proxy):
     def stream_chat(self, messages, **kwargs):
         last_user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+        last_user = last_user.rsplit("\n", 1)[-1]  # a turn with no reply is merged into the next one
         return _stream(self._fault(last_user), self._inner.stream_chat(messages, **kwargs), kwargs.get("cancel"))
 
 
@@ -170,6 +176,7 @@ class FaultyAnimator(_Proxy):
 
 def install(models, faults: list[Fault]):
     """Wrap the model objects in place (``models.asr`` etc.) for the faults that name them."""
+    _released.clear()
     wrappers = {"asr": FaultyASR, "llm": FaultyLLM, "tts": FaultyTTS}
     for stage, wrapper in wrappers.items():
         chosen = [f for f in faults if f.stage == stage]

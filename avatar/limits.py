@@ -133,6 +133,10 @@ class ConnectionGuard:
         self._reported[hit.limit] = now
         return True
 
+    def touch(self) -> None:
+        """Activity that is not a client message (a reply being spoken) also keeps the connection alive."""
+        self.last_message = self._clock()
+
     def idle_for(self) -> float:
         return self._clock() - self.last_message
 

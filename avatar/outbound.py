@@ -62,8 +62,6 @@ class Outbound:
         self.rate = sample_rate
         self.audio_lead = int(audio_lead_s * sample_rate)
         self.max_lead = int(max_lead_s * sample_rate)
-        # Frames are rendered after the audio they show has been placed (audio_lead), never before.
-        self.video_lead = int(min(audio_lead_s * 0.6, max_lead_s) * sample_rate)
         self.fps = fps
         self.render_frame = render_frame  # (position) -> (turn_id, jpeg)
         self._control: deque[str] = deque()
@@ -90,6 +88,7 @@ class Outbound:
         self._control_bytes = 0
         self._audio_bytes = 0
         self.stalled: str | None = None
+        self.sealed = False  # after a fatal error event, nothing more is queued
         self.closed = False
 
     # -- the playback clock -------------------------------------------------------------------------
@@ -116,7 +115,7 @@ class Outbound:
 
     # -- queueing ------------------------------------------------------------------------------------
     def send_json(self, event: dict) -> None:
-        if self.closed:
+        if self.closed or self.sealed:
             return
         for observer in self.observers:
             try:
@@ -131,6 +130,8 @@ class Outbound:
             return
         self._control.append(text)
         self._control_bytes += len(text)
+        if event.get("type") == "error" and event.get("fatal"):
+            self.sealed = True  # the connection is about to close: this is the last thing the client gets
         self._check_queue()
         self._wake.set()
 
@@ -146,6 +147,8 @@ class Outbound:
         step = int(AUDIO_PACKET_S * self.rate)
         for offset in range(0, len(pcm), step):
             piece = pcm[offset : offset + step]
+            if self.sealed:
+                break
             self._audio.append(_AudioPacket(turn_id, position + offset, piece.astype("<i2").tobytes()))
             self._audio_bytes += 2 * len(piece)
         self.audio_end = position + len(pcm)
@@ -234,7 +237,7 @@ class Outbound:
             await self._collect_frame()
             return
         position = self._frame_position(self._next_frame)
-        if position >= now + self.video_lead:
+        if position >= self._video_horizon(now):
             return
         # A frame whose time has passed is useless: skip to the current one.
         current = int(max(0, now) * self.fps // self.rate)
@@ -290,6 +293,13 @@ class Outbound:
     def _frame_position(self, index: int) -> int:
         return index * self.rate // self.fps
 
+    def _video_horizon(self, now: int) -> int:
+        """How far ahead frames may be rendered: new speech is always placed at least audio_lead ahead of
+        the clock, so frames before that cannot miss it; frames inside speech already placed are final
+        too (up to the sending limit). Rendering ahead gives the client frames before it needs them,
+        the first frame of a reply included."""
+        return max(now + self.audio_lead, min(self.audio_end, now + self.max_lead))
+
     async def _sleep_until_due(self) -> None:
         if self._control:
             return
@@ -299,7 +309,7 @@ class Outbound:
             waits.append((self._audio[0].position - self.max_lead - now) / self.rate)
         if self.fps and self.render_frame is not None:
             if self._render is None:
-                waits.append((self._frame_position(self._next_frame) - self.video_lead - now) / self.rate)
+                waits.append((self._frame_position(self._next_frame) - self._video_horizon(now)) / self.rate)
             else:  # woken when the frame is ready; else look again when it is overdue
                 waits.append(self._render[2] + self.render_timeout_s - time.monotonic() + 0.01)
         timeout = max(0.0, min(waits))

@@ -145,7 +145,8 @@ class AvatarServer:
         address = self.access.client_address(ws.remote_address, ws.request.headers if ws.request else None)
         self.addresses.add(address)
         self.connections[ws] = outbound
-        watchdog = asyncio.create_task(self._watch_idle(ws, outbound, guard))
+        busy = lambda: session is not None and (session.turn is not None or outbound.is_playing())  # noqa: E731
+        watchdog = asyncio.create_task(self._watch_idle(ws, outbound, guard, busy))
         try:
             if self.addresses.count(address) > limits.max_sessions_per_client:  # handshakes that raced
                 await self._close(ws, outbound, {**LimitHit("limits.max_sessions_per_client", f"{address} "
@@ -267,13 +268,17 @@ class AvatarServer:
 
         asyncio.get_running_loop().create_task(close())
 
-    async def _watch_idle(self, ws: ServerConnection, outbound: Outbound, guard: ConnectionGuard) -> None:
+    async def _watch_idle(self, ws: ServerConnection, outbound: Outbound, guard: ConnectionGuard, busy) -> None:
+        """Close a connection that sent nothing for ``limits.idle_timeout_s`` (a reply in progress counts
+        as activity: a client may listen to a long answer without saying anything)."""
         timeout = self.rt.config.limits.idle_timeout_s
         if timeout <= 0:
             return
         while True:
             await asyncio.sleep(max(0.05, min(timeout - guard.idle_for(), 5.0)))
-            if guard.idle_for() >= timeout:
+            if guard.idle_for() >= timeout and busy():
+                guard.touch()
+            elif guard.idle_for() >= timeout:
                 event = {**LimitHit("limits.idle_timeout_s", f"no message from the client for {timeout:g} s "
                                     "(limits.idle_timeout_s); the connection is closed. Reconnect with your "
                                     "session_id and resume_key to go on", code="idle_timeout").event(),

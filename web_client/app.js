@@ -9,6 +9,8 @@ import { ChatLog } from './chat.js';
 
 const $ = (id) => document.getElementById(id);
 const SESSION_KEY = 'avatar.session_id';
+const RESUME_KEY = 'avatar.resume_key'; // the secret `ready` gives with session_id; resuming needs it
+const USER_KEY_PREFIX = 'avatar.user_key.'; // + user_id: the secret `ready` gives for a new user id
 const FACE_KEY = 'avatar.face';
 const PLAYBACK_INTERVAL_MS = 250;
 const MAX_SEND_BUFFER = 512 * 1024; // drop microphone frames rather than queue seconds of them
@@ -27,6 +29,9 @@ const stats = {
   audioPlaying: false,
   framesReceived: 0,
   framesDropped: 0,
+  framesLate: 0, // frames that arrived after their time on the audio clock
+  frameArrivalLeadMs: null, // last frame: its position minus the audio clock when it arrived
+  frameDecodedLeadMs: null, // the same, once decoded
   frameDecodeErrors: 0,
   rebases: 0,
   micFramesSent: 0,
@@ -47,6 +52,8 @@ const chat = new ChatLog($('chat-log'), $('transcript'));
 let ready = false; // `ready` received on the current connection
 let fatalMessage = ''; // last fatal error, shown until the next successful connection
 let sessionRetryTimer = null;
+let helloSessionId = null; // the session this connection asked to resume
+let failedConnects = 0; // connection attempts in a row that never opened
 
 function storage(key, value) {
   try {
@@ -176,13 +183,24 @@ $('start-overlay').addEventListener('click', async () => {
 const socket = new ReconnectingSocket(socketUrl(), {
   onOpen() {
     ready = false;
+    if (failedConnects >= 3) hideError(); // the "cannot connect" banner
+    failedConnects = 0;
     player.reset();
     video.reset();
     const hello = { type: 'hello' };
     const sid = storage(SESSION_KEY);
-    if (sid) hello.session_id = sid;
+    helloSessionId = sid;
+    if (sid) {
+      hello.session_id = sid;
+      const key = storage(RESUME_KEY);
+      if (key) hello.resume_key = key;
+    }
     const user = page.get('user');
-    if (user) hello.user_id = user;
+    if (user) {
+      hello.user_id = user;
+      const key = storage(USER_KEY_PREFIX + user);
+      if (key) hello.user_key = key;
+    }
     const face = storage(FACE_KEY);
     if (face) hello.face = face;
     if (page.get('video') === '0') hello.video = false;
@@ -191,8 +209,15 @@ const socket = new ReconnectingSocket(socketUrl(), {
   },
   onJson: handleMessage,
   onBinary: handleMedia,
-  onClose(ev) {
+  onClose(ev, wasOpen) {
     ready = false;
+    failedConnects = wasOpen ? 0 : failedConnects + 1;
+    if (failedConnects === 3) {
+      // The browser does not tell why a handshake failed: name the likely causes.
+      showError(`Cannot connect to the server at ${window.location.host}. Check that "avatar serve" is ` +
+        'running. A server that listens beyond localhost needs its access token: open this page as ' +
+        '…/?token=TOKEN (the token is printed by "avatar serve").');
+    }
     clearTimeout(sessionRetryTimer);
     player.reset();
     video.reset();
@@ -223,7 +248,7 @@ let reconnectAt = 0;
 function showReconnectCountdown() {
   const left = Math.max(0, reconnectAt - performance.now());
   if (!reconnectAt || left <= 0) return;
-  const why = fatalMessage ? `Error: ${fatalMessage} — ` : 'Disconnected — ';
+  const why = fatalMessage ? `Error: ${fatalMessage} — ` : failedConnects ? 'Cannot connect — ' : 'Disconnected — ';
   setConnState(fatalMessage ? 'error' : 'reconnecting', `${why}reconnecting in ${Math.ceil(left / 1000)} s`);
   setTimeout(showReconnectCountdown, Math.min(1000, left % 1000 || 1000));
 }
@@ -265,7 +290,11 @@ function onReady(msg) {
   fatalMessage = '';
   clearTimeout(sessionRetryTimer);
   socket.markHealthy();
-  if (msg.session_id) storage(SESSION_KEY, msg.session_id);
+  if (msg.session_id) {
+    storage(SESSION_KEY, msg.session_id);
+    storage(RESUME_KEY, msg.resume_key || null);
+  }
+  if (msg.user_id && msg.user_key) storage(USER_KEY_PREFIX + msg.user_id, msg.user_key);
   stats.sessionId = msg.session_id || null;
   const rate = msg.audio && msg.audio.output_rate;
   player.reset(Number.isFinite(rate) && rate > 0 ? rate : 22050);
@@ -290,7 +319,10 @@ function onError(msg) {
   console.warn('avatar: server error', msg);
   if (msg.code === 'unknown_session') {
     // The server no longer knows the saved conversation: start a new one.
-    storage(SESSION_KEY, null);
+    if (storage(SESSION_KEY) === helloSessionId) {
+      storage(SESSION_KEY, null);
+      storage(RESUME_KEY, null);
+    }
     showError('The saved conversation was not found on the server; starting a new one.', { sticky: false });
     clearTimeout(sessionRetryTimer);
     sessionRetryTimer = setTimeout(() => { if (!ready) socket.reconnectNow(); }, 1000);
@@ -300,6 +332,7 @@ function onError(msg) {
     fatalMessage = text;
     setConnState('error', `Error: ${text}`);
   }
+  if (msg.code === 'bad_face' && !ready) storage(FACE_KEY, null); // the saved face is gone from the server
   const recoverable = ['stage_failed', 'rate_limited', 'bad_message', 'bad_face'].includes(msg.code);
   showError(`${text}${msg.code ? ` [${msg.code}]` : ''}`, { sticky: !recoverable || msg.fatal });
   if (msg.code === 'stage_failed') chat.system(`Something went wrong: ${text}`, 'error');

@@ -42,7 +42,7 @@ export class ChatLog {
       else if (item.role === 'system') continue;
       else this._message('agent', this.agentName, item.text, 'history');
     }
-    if (resumed && history && history.length) this.system('Conversation resumed');
+    if (history && history.length) this.system(resumed ? 'Conversation resumed' : 'Your earlier conversation');
     this._scroll();
   }
 

@@ -39,7 +39,7 @@ export function socketUrl(loc = window.location) {
 
 /**
  * A WebSocket that reconnects with exponential backoff.
- * Callbacks: onOpen(ws), onJson(msg), onBinary(ArrayBuffer), onClose(event), onStatus({state, ...}).
+ * Callbacks: onOpen(ws), onJson(msg), onBinary(ArrayBuffer), onClose(event, wasOpen), onStatus({state, ...}).
  * state: "connecting" | "connected" | "reconnecting" (with delayMs, attempt) | "closed".
  */
 export class ReconnectingSocket {
@@ -73,8 +73,10 @@ export class ReconnectingSocket {
     }
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
       if (ws !== this.ws) return;
+      opened = true;
       this._status({ state: 'connected' });
       this.h.onOpen?.(ws);
     };
@@ -96,7 +98,7 @@ export class ReconnectingSocket {
     ws.onclose = (ev) => {
       if (ws !== this.ws) return;
       this.ws = null;
-      this.h.onClose?.(ev);
+      this.h.onClose?.(ev, opened);
       if (!this.stopped) this._scheduleReconnect(ev);
     };
     ws.onerror = () => {
@@ -116,7 +118,7 @@ export class ReconnectingSocket {
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       try { ws.close(1000, 'reconnect'); } catch { /* already closed */ }
-      this.h.onClose?.({ code: 1000, reason: 'reconnect', wasClean: true });
+      this.h.onClose?.({ code: 1000, reason: 'reconnect', wasClean: true }, true);
     }
     this.connect();
   }

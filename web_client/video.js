@@ -42,6 +42,10 @@ export class VideoView {
     if (!this.enabled || this.player.isCut(turnId, position)) return;
     this.stats.framesReceived += 1;
     this.player.anchor(position);
+    // How far ahead of the audio clock the frame came (negative: it came too late to be on time).
+    const lead = this._leadMs(position);
+    this.stats.frameArrivalLeadMs = lead;
+    if (lead < 0) this.stats.framesLate += 1;
     const gen = this.generation;
     let bitmap;
     try {
@@ -55,6 +59,7 @@ export class VideoView {
       bitmap.close();
       return;
     }
+    this.stats.frameDecodedLeadMs = this._leadMs(position);
     const q = this.queue;
     let i = q.length;
     while (i > 0 && q[i - 1].position > position) i--;
@@ -63,6 +68,11 @@ export class VideoView {
       q.shift().bitmap.close();
       this.stats.framesDropped += 1;
     }
+  }
+
+  _leadMs(position) {
+    const clock = this.player.clock();
+    return clock === null ? 0 : ((position - clock) / this.player.rate) * 1000;
   }
 
   /** Drop the turn's frames at or after `position`. */

@@ -73,6 +73,11 @@ def clip_controls(controls: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+def _smoothstep(x):
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
 # --------------------------------------------------------------------------------------------------
 # Visemes
 
@@ -166,23 +171,28 @@ def _segments(phonemes: Iterable) -> list[_Segment]:
         start, dur = float(ph.start), max(float(ph.duration), 0.0)
         kind, target = viseme(ph.symbol)
         if kind == "skip":
-            if ph.symbol.strip() and all(ch in _ATTACH_NEXT for ch in ph.symbol.strip()):
+            sym = ph.symbol.strip()
+            if sym and all(ch in _ATTACH_NEXT for ch in sym):
                 pending = start if pending is None else pending
-            elif segs and start <= segs[-1].end + 0.02:
+            elif sym and segs and start <= segs[-1].end + 0.02:  # length marks: the sound goes on
                 segs[-1].end = max(segs[-1].end, start + dur)
-            continue
+            continue  # word gaps: left to coarticulation
+        stressed = pending is not None
         if pending is not None:
             start, pending = min(start, pending), None
             dur = max(float(ph.start) + dur - start, 0.0)
-        if segs and start - segs[-1].end > 0.05:  # a pause: the mouth rests
+        if segs and start - segs[-1].end > 0.12:  # a pause: the mouth rests
             segs.append(_Segment("silence", np.zeros(5), np.full(5, 0.8), segs[-1].end, start))
         t = np.array(target, dtype=np.float64)
+        if stressed and kind == "vowel":  # stressed syllables open wider
+            t[0] = min(t[0] * 1.15, 1.0)
         if kind == "vowel":
             dom = np.array([1.0, 1.0, 1.0, 0.6, 0.6])
         elif kind == "silence":
             dom = np.full(5, 0.8)
         elif kind in ("bilabial", "labiodental"):
-            dom = np.array([0.8, 0.3, 0.3, 1.0, 1.0])
+            # The lips' closure is imposed by an envelope below; here only a weak pull on the jaw.
+            dom = np.array([0.4, 0.3, 0.3, 0.05, 0.05])
         elif t[0] >= 0.35:  # h: takes the colour of the next vowel
             dom = np.full(5, 0.15)
         else:
@@ -193,7 +203,8 @@ def _segments(phonemes: Iterable) -> list[_Segment]:
 
 def phoneme_track(phonemes: Sequence, times: np.ndarray, *, audio: np.ndarray | None = None,
                   sample_rate: int | None = None, anticipation: float = 0.08, carry: float = 0.06,
-                  loudness_mod: float = 0.35, rest: float = 0.1, lead: float = 0.03) -> dict[str, np.ndarray]:
+                  loudness_mod: float = 0.5, rest: float = 0.1, lead: float = 0.03,
+                  speech_close: float = 0.5, closure_width: float = 0.03) -> dict[str, np.ndarray]:
     """Mouth controls at ``times`` (seconds, same origin as the phonemes' ``start``).
 
     ``lead``: the mouth shapes run this much ahead of the phoneme timings (visible articulation leads
@@ -228,12 +239,19 @@ def phoneme_track(phonemes: Sequence, times: np.ndarray, *, audio: np.ndarray | 
                 env = np.maximum(env, np.exp(-(dist / width) ** 2))
         return env
 
-    close = envelope({"bilabial"}, 0.04)
-    tuck = envelope({"labiodental"}, 0.04)
+    close = envelope({"bilabial"}, closure_width)
+    tuck = envelope({"labiodental"}, closure_width)
     jaw, rnd, spr, up, low = (values[:, i] for i in range(5))
-    if audio is not None and sample_rate and loudness_mod > 0:
+    if audio is not None and sample_rate and loudness_mod > 0 and np.abs(np.asarray(audio)).max() > 3:
         loud = loudness(audio, sample_rate, audio_times)
         jaw = jaw * (1 - loudness_mod + 1.25 * loudness_mod * loud)
+    # While talking the lips stay nearer together than in a broad photographed smile: between syllables
+    # and in short pauses the lower lip rises part of the way (no effect on a face with closed lips).
+    spoken = [s for s in segs if s.kind != "silence"]
+    if spoken and speech_close > 0:
+        first, last = spoken[0].start, spoken[-1].end
+        presence = _smoothstep((times - first + 0.12) / 0.12) * _smoothstep((last + 0.15 - times) / 0.15)
+        low = low + speech_close * presence * (1 - np.clip(low, 0, 1))
     jaw = jaw * (1 - close)
     low = low * (1 - close) + close
     up = up * (1 - close)
@@ -307,7 +325,8 @@ def _smooth_ar(x: np.ndarray, dt: float, attack: float, release: float) -> np.nd
     return run(run(x)[::-1])[::-1]
 
 
-def audio_track(audio: np.ndarray, sample_rate: int, times: np.ndarray) -> dict[str, np.ndarray]:
+def audio_track(audio: np.ndarray, sample_rate: int, times: np.ndarray, *,
+                speech_close: float = 0.5) -> dict[str, np.ndarray]:
     """Mouth controls at ``times`` (seconds from the audio's start) from the audio alone."""
     times = np.asarray(times, np.float64)
     duration = len(audio) / sample_rate
@@ -330,13 +349,19 @@ def audio_track(audio: np.ndarray, sample_rate: int, times: np.ndarray) -> dict[
     spread = 0.35 * fric * loud + 0.30 * np.clip((centroid - 1400) / 1500, 0, 1) * voiced * loud
     rnd = 0.55 * np.clip((800 - centroid) / 450, 0, 1) * voiced * loud
     up = 0.18 * fric * loud
+    # Speech presence (loud within +-0.3 s): the lips rest nearer together while talking.
+    active = (loud > 0.25).astype(np.float64)
+    k = int(0.3 / _HOP)
+    presence = np.convolve(active, np.ones(2 * k + 1), mode="same") > 0
+    presence = _smooth_ar(presence.astype(np.float64), _HOP, 0.08, 0.08)
+    low = speech_close * presence * (1 - np.clip(loud / 0.6, 0, 1))
     jaw = _smooth_ar(jaw, _HOP, 0.03, 0.07)
     spread = _smooth_ar(spread, _HOP, 0.05, 0.09)
     rnd = _smooth_ar(rnd, _HOP, 0.05, 0.09)
     up = _smooth_ar(up, _HOP, 0.04, 0.08)
     out = {}
     for name, arr in (("jaw_open", jaw), ("lip_round", rnd), ("lip_spread", spread), ("upper_lip", up),
-                      ("lower_lip", np.zeros_like(jaw))):
+                      ("lower_lip", low)):
         lo, hi = CONTROLS[name]
         out[name] = np.clip(np.interp(times, grid, arr, left=0.0, right=0.0), lo, hi)
     return out
@@ -349,7 +374,7 @@ def speech_track(audio: np.ndarray | None, sample_rate: int, phonemes: Sequence 
         return phoneme_track(phonemes, times, audio=audio, sample_rate=sample_rate, **options)
     if audio is None or not len(audio):
         return {name: np.zeros(len(times)) for name in MOUTH}
-    return audio_track(audio, sample_rate, times)
+    return audio_track(audio, sample_rate, times, **{k: v for k, v in options.items() if k == "speech_close"})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ mesh depth) interpolated with thin-plate splines and limited to a feathered head
 outside it never move. Everything is stored next to the photo as ``NAME.face.npz`` with the photo's
 sha256; a changed photo (or a newer cache format) is prepared again.
 
-MediaPipe and SciPy are imported only here, lazily: a face with a valid cache renders without them.
+MediaPipe is imported only here, lazily: a face with a valid cache renders without it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -293,8 +292,8 @@ def _geometry(points: np.ndarray) -> _Geometry:
 # Sparse landmark motions per control (forward displacement in pixels at control value 1)
 
 
-def _motion(g: _Geometry, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(d, exclude) where d is (478, 2); ``exclude`` marks points left unconstrained (None: none)."""
+def _motion(g: _Geometry, name: str) -> np.ndarray:
+    """Forward displacement (478, 2) of every landmark for control ``name`` at value 1."""
     pts, n = g.pts, len(g.pts)
     d = np.zeros((n, 2))
     mw = g.mouth_w
@@ -379,10 +378,7 @@ def _motion(g: _Geometry, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         d[:, 0 if name == "head_yaw" else 1] = par
     else:
         raise ValueError(name)
-    exclude = None
-    if name in SPLIT_CONTROLS:
-        exclude = lips  # refined per side by the caller
-    return d, exclude
+    return d
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,15 +390,41 @@ def _ring(g: _Geometry, radius: float, n: int = 56) -> np.ndarray:
     return g.head_c + radius * g.head_axes * np.stack([np.cos(t), np.sin(t)], axis=1)
 
 
-def _tps(points: np.ndarray, values: np.ndarray, query: np.ndarray, smoothing: float = 2.0) -> np.ndarray:
-    from scipy.interpolate import RBFInterpolator
+def _tps_kernel(r2: np.ndarray) -> np.ndarray:
+    r2 = np.maximum(r2, 1e-12)
+    return 0.5 * r2 * np.log(r2)  # r^2 log r (-> 0 at r = 0)
 
+
+def _tps(points: np.ndarray, values: np.ndarray, query: np.ndarray, smoothing: float = 2.0) -> np.ndarray:
+    """Thin-plate spline through ``points`` (n, 2) with ``values`` (n, k), evaluated at ``query`` (m, 2).
+
+    ``smoothing`` is added to the kernel's diagonal (as in scipy's RBFInterpolator), trading exactness at
+    the points for smoothness between close points with different motions.
+    """
     # Merge duplicates (mesh points can coincide on a closed mouth) to keep the system well posed.
     key = np.round(points * 4).astype(np.int64)
     _, idx = np.unique(key[:, 0] * 100003 + key[:, 1], return_index=True)
     idx = np.sort(idx)
-    interp = RBFInterpolator(points[idx], values[idx], kernel="thin_plate_spline", smoothing=smoothing, degree=1)
-    return interp(query)
+    p, v = points[idx].astype(np.float64), values[idx].astype(np.float64)
+    center = p.mean(0)
+    p = p - center
+    q = query.astype(np.float64) - center
+    n = len(p)
+    r2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n] = _tps_kernel(r2) + smoothing * np.eye(n)
+    poly = np.hstack([np.ones((n, 1)), p])
+    system[:n, n:] = poly
+    system[n:, :n] = poly.T
+    rhs = np.vstack([v, np.zeros((3, v.shape[1]))])
+    coef = np.linalg.solve(system, rhs)
+    out = np.empty((len(q), v.shape[1]))
+    for i in range(0, len(q), 4096):  # bounded memory
+        qq = q[i:i + 4096]
+        r2 = (qq ** 2).sum(1)[:, None] + (p ** 2).sum(1)[None, :] - 2.0 * qq @ p.T
+        kq = _tps_kernel(r2)
+        out[i:i + 4096] = kq @ coef[:n] + np.hstack([np.ones((len(qq), 1)), qq]) @ coef[n:]
+    return out
 
 
 def compute_fields(points: np.ndarray, size: int, step: int = GRID_STEP):
@@ -428,27 +450,37 @@ def compute_fields(points: np.ndarray, size: int, step: int = GRID_STEP):
     neck = np.stack([neck_x, np.full_like(neck_x, g.pts[lm.CHIN, 1] + 0.35 * g.face_h)], axis=1)
     anchors = np.vstack([ring, neck])
 
-    def field_from(d: np.ndarray, keep: np.ndarray) -> np.ndarray:
-        pts = np.vstack([g.pts[keep], anchors])
-        vals = np.vstack([d[keep], np.zeros((len(anchors), 2))])
-        dense = _tps(pts, vals, query).reshape(gh, gw, 2)
-        return (-dense * mask[..., None]).astype(np.float32)  # backward: output pixel samples from -d
-
     bases: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     all_pts = np.ones(len(g.pts), bool)
     all_pts[lm.N_LANDMARKS - 10:] = False  # iris points: no use here and close to lid points
-    for name in SPLIT_CONTROLS + ("lip_spread", "brow+", "brow-", "head_yaw", "head_pitch"):
-        d, _ = _motion(g, name)
+    lower_side = (g.lower_lip | ((g.below > 0) & ~g.upper_lip)) & g.in_span
+    upper_side = (g.upper_lip | ((g.below <= 0) & ~g.lower_lip)) & g.in_span
+    # Three point sets (all, above the mouth line, below it): one spline solve each, all controls at once.
+    sets = {"all": all_pts, "up": all_pts & ~lower_side, "low": all_pts & ~upper_side}
+    jobs: dict[str, list[tuple[str, np.ndarray]]] = {k: [] for k in sets}
+    for name in SPLIT_CONTROLS + SHARED_CONTROLS + ("head_yaw", "head_pitch"):
+        d = _motion(g, name)
         if name in SPLIT_CONTROLS:
-            lower_side = (g.lower_lip | ((g.below > 0) & ~g.upper_lip)) & g.in_span
-            upper_side = (g.upper_lip | ((g.below <= 0) & ~g.lower_lip)) & g.in_span
-            up = field_from(d, all_pts & ~lower_side)
-            low = field_from(d, all_pts & ~upper_side)
-            # Beyond the mouth corners one field serves both sides, so the skin there cannot tear.
-            bases[name] = (up, (up + (low - up) * window[..., None]).astype(np.float32))
+            jobs["up"].append((name, d))
+            jobs["low"].append((name, d))
         else:
-            f = field_from(d, all_pts)
-            bases[name] = (f, f)
+            jobs["all"].append((name, d))
+    dense: dict[tuple[str, str], np.ndarray] = {}
+    for key, items in jobs.items():
+        keep = sets[key]
+        pts = np.vstack([g.pts[keep], anchors])
+        vals = np.hstack([np.vstack([d[keep], np.zeros((len(anchors), 2))]) for _, d in items])
+        out = _tps(pts, vals, query).reshape(gh, gw, len(items), 2)
+        for j, (name, _) in enumerate(items):
+            # backward field: an output pixel samples the photo at -d, limited to the head region
+            dense[(key, name)] = (-out[:, :, j, :] * mask[..., None]).astype(np.float32)
+    for name in SPLIT_CONTROLS:
+        up, low = dense[("up", name)], dense[("low", name)]
+        # Beyond the mouth corners one field serves both sides, so the skin there cannot tear.
+        bases[name] = (up, (up + (low - up) * window[..., None]).astype(np.float32))
+    for name in SHARED_CONTROLS + ("head_yaw", "head_pitch"):
+        f = dense[("all", name)]
+        bases[name] = (f, f)
     # Roll (per degree, clockwise) about the neck, and breathing (1.5 px up): analytic, under the head mask.
     pivot = np.array([g.head_c[0], g.pts[lm.CHIN, 1] + 0.5 * g.face_h])
     th = math.radians(1.0)
@@ -501,6 +533,7 @@ def save_cache(face: PreparedFace, path: Path) -> None:
     os.close(fd)
     try:
         np.savez_compressed(tmp, **arrays)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -672,7 +705,3 @@ def copy_photo(photo: Path, dest_dir: Path, name: str) -> Path:
     if photo.resolve() != dest.resolve():
         shutil.copyfile(photo, dest)
     return dest
-
-
-def log(msg: str) -> None:  # pragma: no cover - debugging aid
-    print(msg, file=sys.stderr)

@@ -105,6 +105,7 @@ class _FaceData:
         cheek = pts[[50, 280, 205, 425]].astype(int)
         samples = np.array([img[max(0, y - 3):y + 4, max(0, x - 3):x + 4].reshape(-1, 3).mean(0) for x, y in cheek])
         self.light = float(np.clip(samples.mean() / 150.0, 0.45, 1.3))
+        self.skin = samples.mean(0)
         # Teeth colour: from the photo's visible teeth when the mouth is open at rest, else off-white.
         self.teeth = self._teeth_color(img, iu, il)
         self.eye_sets = {"blink_right": (lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER),
@@ -117,7 +118,11 @@ class _FaceData:
     def _teeth_color(self, img, iu, il) -> np.ndarray:
         import cv2
 
-        default = np.array([196.0, 206.0, 214.0]) * min(self.light, 1.05)
+        # Ivory lit like the face: mostly white, a little of the skin's hue, a bit darker than the skin's
+        # highlights (teeth sit in the mouth's shade).
+        skin = self.skin
+        default = (0.45 * skin / max(skin.max(), 1.0) * 255 + 0.55 * np.array([222.0, 232.0, 240.0]))
+        default = default * float(np.clip(skin.max() / 200.0, 0.5, 1.0)) * 0.92
         if self.rest_gap.max() < 3:
             return default
         mask = np.zeros(img.shape[:2], np.uint8)
@@ -394,14 +399,18 @@ class WarpRenderer:
         # Tongue, low in the mouth when it is open wide.
         tongue = _smoothstep((v - 0.55) / 0.4) * np.sin(np.pi * u) ** 0.6 * 0.5 * opening
         col += (np.array([72.0, 78.0, 150.0]) * light - col) * tongue[..., None]
-        # Upper teeth hint under the upper lip (less of it when the photo already shows teeth).
-        tooth_h = np.clip(np.minimum(0.095 * mw - g0, 0.6 * hgt), 0, None)
+        # Upper teeth hint under the upper lip (less of it when the photo already shows teeth): flat ivory,
+        # shaded by the lip just under it, dimmer toward the corners, faint gaps between the incisors.
+        tooth_h = np.clip(np.minimum(0.085 * mw - g0, 0.45 * hgt), 0, None)
         dy = ey - t
         teeth_a = np.clip(tooth_h - dy + 0.5, 0, 1) * (dy > -0.5)
-        teeth_a = teeth_a * _smoothstep(u / 0.22) * _smoothstep((1 - u) / 0.22) * 0.8
-        tshade = 0.78 + 0.22 * np.sin(np.pi * u) - 0.22 * np.clip(dy / np.maximum(tooth_h, 1), 0, 1) ** 2
-        shadow = 0.7 + 0.3 * np.clip(dy / 1.5, 0, 1)  # the upper lip's shadow on the teeth
-        col += (d.teeth * (tshade * shadow)[..., None] - col) * teeth_a[..., None]
+        teeth_a = teeth_a * _smoothstep(u / 0.25) * _smoothstep((1 - u) / 0.25) * 0.7
+        side = np.abs(u - 0.5) * 2
+        tshade = 1.0 - 0.35 * side ** 2 - 0.12 * np.clip(dy / np.maximum(tooth_h, 1), 0, 1) ** 3
+        shadow = 0.72 + 0.28 * np.clip(dy / 2.0, 0, 1)  # the upper lip's shadow on the teeth
+        pos = (u - 0.5) * mw / (0.13 * mw)  # incisor widths from the middle
+        gaps = 1.0 - 0.12 * np.exp(-((pos - np.round(pos)) / 0.08) ** 2) * (side < 0.6)
+        col += (d.teeth * (tshade * shadow * gaps)[..., None] - col) * teeth_a[..., None]
         # Lower teeth, faint, when wide open.
         low_h = 0.04 * mw * np.clip((hgt - 0.2 * mw) / (0.15 * mw), 0, 1)
         dyb = b - ey

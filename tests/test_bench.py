@@ -1,0 +1,36 @@
+"""A tiny ``avatar bench`` run: it must measure every figure it reports (not how fast they are)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_quick_bench_measures_every_figure(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "avatar", "bench", "--quick", "--set", "llm.model=smollm2-135m",
+         "--out", str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report == json.loads((tmp_path / "report.json").read_text())
+    level = report["levels"]["1"]
+    assert level["turns"] == 3 and level["errors"] == 0
+    for figure in ("voice_to_voice", "first_frame", "av_offset_ms"):
+        assert level[figure]["n"] == 3, figure
+        assert level[figure]["p50"] is not None and level[figure]["p50"] <= level[figure]["max"]
+    assert level["voice_to_voice"]["p50"] > 0
+    for stage in ("endpoint", "asr_final", "llm_first_token", "tts_first_audio", "first_frame"):
+        assert level["stages"][stage]["n"] == 3, stage
+    baseline = report["baseline"]
+    assert baseline["naive_pipeline"]["n"] == 3 and baseline["speedup_vs_naive"] > 0
+    assert baseline["orchestration_overhead"] > 0
+    assert report["render"]["fps"] > 0 and report["render"]["size"] == 512
+    assert "avatar bench" in report["run"]["command"]
+    # People get a table too.
+    table = subprocess.run([sys.executable, "-c", "import json,sys; from avatar.bench import print_table; "
+                            f"print_table(json.load(open({str(tmp_path / 'report.json')!r})))"],
+                           capture_output=True, text=True)
+    assert "voice-to-voice" in table.stdout and "streaming is" in table.stdout

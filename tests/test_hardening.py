@@ -1,0 +1,572 @@
+"""Issue 5, hardening: access (tokens, origins, per-session keys), limits, stage faults, slow clients,
+metrics and health. Small in-process tests first (fake models, fake clock), then a few against a real
+``avatar serve`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from avatar.access import AccessPolicy, admit, is_loopback_host, secret_hash
+from avatar.client import talk
+from avatar.config import load_config
+from avatar.errors import ConfigError
+from avatar.faults import install, parse_faults
+from avatar.limits import ConnectionGuard, SlidingWindow, TokenBucket
+from avatar.memory import MemoryStore, Turn
+from avatar.metrics import ServerMetrics, parse_text_format
+from avatar.outbound import Outbound
+from avatar.protocol import KIND_AUDIO, KIND_VIDEO, parse_media_frame
+from avatar.runtime import Runtime
+from avatar.session import Session
+from tests.conftest import FAST
+from tests.fakes import WordLLM, fake_models, speech_like
+
+NO_VIDEO = {"video.enabled": False}
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def server_cfg(**kw):
+    return load_config(None, {"server": kw}).server
+
+
+def headers(**kw) -> Headers:
+    return Headers([(k.replace("_", "-"), v) for k, v in kw.items()])
+
+
+# -- access: tokens, origins, hosts ------------------------------------------------------------------------
+def test_token_is_required_only_beyond_localhost_and_the_generated_one_is_kept(tmp_path):
+    assert is_loopback_host("127.0.0.1") and is_loopback_host("localhost") and is_loopback_host("::1")
+    assert not is_loopback_host("0.0.0.0") and not is_loopback_host("") and not is_loopback_host("10.0.0.2")
+    assert not AccessPolicy(server_cfg(), bind_host="127.0.0.1", data_dir=tmp_path).required
+    policy = AccessPolicy(server_cfg(), bind_host="0.0.0.0", data_dir=tmp_path)
+    assert policy.required and policy.generated and len(policy.generated) >= 24
+    assert policy.page_url("h", 1) == f"http://h:1/?token={policy.generated}"
+    token_file = tmp_path / "server_token"
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    assert AccessPolicy(server_cfg(), bind_host="0.0.0.0", data_dir=tmp_path).generated == policy.generated
+    assert AccessPolicy(server_cfg(require_token="always"), bind_host="127.0.0.1", data_dir=tmp_path).required
+    assert not AccessPolicy(server_cfg(require_token="never"), bind_host="0.0.0.0", data_dir=tmp_path).required
+    configured = AccessPolicy(server_cfg(tokens=["kiosk-token-123456"]), bind_host="0.0.0.0", data_dir=tmp_path)
+    assert configured.generated is None
+    with pytest.raises(ConfigError, match="require_token"):
+        AccessPolicy(server_cfg(require_token="sometimes"), bind_host="127.0.0.1")
+    with pytest.raises(ConfigError, match="at least"):
+        AccessPolicy(server_cfg(tokens=["short"]), bind_host="0.0.0.0")
+    env = AccessPolicy(server_cfg(), bind_host="0.0.0.0", environ={"AVATAR_TOKENS": "from-the-env-0001"})
+    assert env.generated is None and env.token_ok("/ws?token=from-the-env-0001", headers())
+
+
+def test_handshake_checks_token_origin_and_host(tmp_path):
+    policy = AccessPolicy(server_cfg(tokens=["kiosk-token-123456", "phone-token-654321"],
+                                     allowed_origins=["https://kiosk.example.org"]), bind_host="0.0.0.0")
+    h = headers(Host="avatar.lan:8765")
+    assert policy.check_ws("/ws", h).status == 401
+    assert "?token=" in policy.check_ws("/ws", h).body
+    wrong = policy.check_ws("/ws?token=nope-nope-nope", h)
+    assert wrong.status == 401 and "not valid" in wrong.body
+    assert policy.check_ws("/ws?token=phone-token-654321", h) is None
+    assert policy.check_ws("/ws", headers(Host="x", Authorization="Bearer kiosk-token-123456")) is None
+    ok = "/ws?token=kiosk-token-123456"
+    assert policy.check_ws(ok, headers(Host="avatar.lan:8765", Origin="http://avatar.lan:8765")) is None
+    assert policy.check_ws(ok, headers(Host="avatar.lan", Origin="https://avatar.lan:443")) is None
+    assert policy.check_ws(ok, headers(Host="avatar.lan:8765", Origin="http://localhost:3000")) is None
+    assert policy.check_ws(ok, headers(Host="avatar.lan:8765", Origin="https://kiosk.example.org")) is None
+    evil = policy.check_ws(ok, headers(Host="avatar.lan:8765", Origin="https://evil.example"))
+    assert evil.status == 403 and "server.allowed_origins" in evil.body
+    assert policy.check_ws(ok, headers(Host="avatar.lan:8765", Origin="null")).status == 403
+    # A localhost server without a token answers to localhost names only (DNS rebinding).
+    local = AccessPolicy(server_cfg(), bind_host="127.0.0.1")
+    assert local.check_ws("/ws", headers(Host="localhost:8765")) is None
+    assert local.check_ws("/ws", headers(Host="127.0.0.1:8765", Origin="http://127.0.0.1:8765")) is None
+    rebound = local.check_ws("/ws", headers(Host="evil.example:8765", Origin="http://evil.example:8765"))
+    assert rebound.status == 403 and rebound.reason == "host"
+    proxied = AccessPolicy(server_cfg(trust_forwarded_for=True), bind_host="127.0.0.1")
+    assert proxied.client_address(("127.0.0.1", 5), headers(X_Forwarded_For="1.2.3.4, 10.0.0.9")) == "10.0.0.9"
+    assert local.client_address(("127.0.0.1", 5), headers(X_Forwarded_For="1.2.3.4")) == "127.0.0.1"
+
+
+def test_sessions_and_users_need_their_keys(tmp_path):
+    store = MemoryStore(tmp_path / "m.sqlite3")
+    first = admit(store, {"user_id": "alice"})
+    assert not first.resumed and first.resume_key and first.user_key and not first.errors
+    store.add_turn(first.session_id, "alice", Turn("my PIN is 1234", "noted"), "noted")
+    # Nobody else gets alice's history by naming her, nor her session by its id.
+    thief = admit(store, {"user_id": "alice"})
+    assert [c for c, _ in thief.errors] == ["bad_user_key"] and thief.user_id is None
+    assert store.history(session_id=thief.session_id, user_id=thief.user_id) == []
+    thief2 = admit(store, {"session_id": first.session_id, "resume_key": "guess"})
+    assert [c for c, _ in thief2.errors] == ["unknown_session"] and thief2.session_id != first.session_id
+    assert admit(store, {"session_id": "no-such", "resume_key": "x"}).errors[0][0] == "unknown_session"
+    # With the keys: the session resumes, the user's history follows her into a new session.
+    back = admit(store, {"session_id": first.session_id, "resume_key": first.resume_key})
+    assert back.resumed and back.user_id == "alice" and back.resume_key == first.resume_key
+    again = admit(store, {"user_id": "alice", "user_key": first.user_key})
+    assert not again.errors and again.user_key == first.user_key
+    assert store.history(session_id=again.session_id, user_id="alice")[0].user_text == "my PIN is 1234"
+    # Only hashes are stored.
+    rows = store._db.execute("SELECT key_hash FROM sessions UNION ALL SELECT key_hash FROM users").fetchall()
+    stored = {r[0] for r in rows}
+    assert secret_hash(first.resume_key) in stored and secret_hash(first.user_key) in stored
+    assert first.resume_key not in stored and first.user_key not in stored
+    store.close()
+
+
+def test_old_databases_get_the_key_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE sessions (id TEXT PRIMARY KEY, user_id TEXT, created REAL NOT NULL, "
+                     "updated REAL NOT NULL); INSERT INTO sessions VALUES ('old', NULL, 1, 1);")
+    db.close()
+    store = MemoryStore(path)
+    assert store.session_exists("old") and store.session_key_hash("old") is None
+    assert admit(store, {"session_id": "old"}).errors[0][0] == "unknown_session"  # no key: no resume
+    assert store.integrity_ok()
+    store.close()
+
+
+# -- limits ------------------------------------------------------------------------------------------------
+def test_token_bucket_and_window():
+    clock = FakeClock()
+    bucket = TokenBucket(100, 50, clock)
+    assert bucket.take(50) and not bucket.take(1)
+    clock.now += 0.1
+    assert bucket.take(10) and not bucket.take(1)
+    window = SlidingWindow(2, 60, clock)
+    window.add(), window.add()
+    assert window.full()
+    clock.now += 61
+    assert not window.full()
+
+
+def test_guard_allows_real_time_audio_and_refuses_floods():
+    clock = FakeClock()
+    limits = load_config(None, {"limits": {"turns_per_minute": 2}}).limits
+    guard = ConnectionGuard(limits, clock)
+    for _ in range(500):  # 10 s of 20 ms frames, in real time
+        clock.now += 0.02
+        assert guard.on_audio(320) is None and guard.on_message() is None
+    hit = None
+    for _ in range(200):  # 4 s of audio at once (2 s of burst allowed)
+        hit = hit or guard.on_audio(320)
+    assert hit is not None and hit.limit == "limits.audio_rate_slack" and "real time" in hit.message
+    event = hit.event()
+    assert event["code"] == "rate_limited" and event["limit"] == "limits.audio_rate_slack"
+    assert guard.should_report(hit) and not guard.should_report(hit)
+    clock.now += 3
+    assert guard.should_report(hit)
+    guard.observe({"type": "turn_start"})
+    assert guard.on_text_turn() is None
+    guard.observe({"type": "turn_start"})
+    assert guard.on_text_turn().limit == "limits.turns_per_minute"
+    assert guard.on_audio(320).limit == "limits.turns_per_minute"  # no spoken turns either
+    clock.now += 61
+    assert guard.on_text_turn() is None
+    flood = [guard.on_message() for _ in range(500)]
+    assert flood[0] is None and flood[-1].limit == "limits.messages_per_second"
+
+
+# -- metrics -----------------------------------------------------------------------------------------------
+def test_metrics_text_format():
+    metrics = ServerMetrics(sessions=lambda: 3)
+    metrics.observe_event({"type": "latency", "source": "voice", "endpoint_ms": 250.0, "asr_final_ms": 40.0,
+                           "llm_first_token_ms": 400.0, "tts_first_audio_ms": 600.0, "audio_out_ms": 700.0,
+                           "first_frame_ms": None})
+    metrics.observe_event({"type": "interrupt", "reason": "barge_in"})
+    metrics.observe_event({"type": "error", "code": "bad_message"})
+    metrics.errors.inc(code='we"ird\\')
+    text = metrics.render()
+    values = parse_text_format(text)
+    assert values["avatar_sessions"] == 3
+    assert values['avatar_turns_total{source="voice"}'] == 1
+    assert values['avatar_interruptions_total{reason="barge_in"}'] == 1
+    assert values['avatar_errors_total{code="bad_message"}'] == 1
+    assert values['avatar_stage_latency_seconds_bucket{stage="llm_first_token",le="0.5"}'] == 1
+    assert values['avatar_stage_latency_seconds_bucket{stage="llm_first_token",le="0.3"}'] == 0
+    assert values['avatar_stage_latency_seconds_count{stage="endpoint"}'] == 1
+    assert 'stage="first_frame"' not in text
+    assert values["process_resident_memory_bytes"] > 10e6
+    assert 'code="we\\"ird\\\\"' in text
+    assert "# TYPE avatar_stage_latency_seconds histogram" in text and text.endswith("\n")
+
+
+# -- slow clients and renderers (Outbound) ---------------------------------------------------------------
+class Socket:
+    """A client socket: records frames; ``block`` makes sends hang (a client that stopped reading)."""
+
+    def __init__(self):
+        self.frames: list = []
+        self.block = asyncio.Event()
+        self.block.set()
+        self.buffered = 0
+
+    async def send(self, message):
+        await self.block.wait()
+        self.frames.append(message)
+
+    def events(self):
+        return [json.loads(m) for m in self.frames if isinstance(m, str)]
+
+    def media(self, kind):
+        return [parse_media_frame(m) for m in self.frames if isinstance(m, bytes) and m[2] == kind]
+
+
+async def test_a_stalled_client_is_given_up_and_nothing_piles_up():
+    sock = Socket()
+    out = Outbound(sock.send, sample_rate=16000, send_stall_s=0.5, max_queued_bytes=10**6)
+    stalls = []
+    out.on_stall = stalls.append
+    sender = asyncio.create_task(out.run())
+    out.send_json({"type": "state", "state": "listening"})
+    await asyncio.sleep(0.05)
+    sock.block.clear()  # the client stops reading
+    out.place_audio(1, np.zeros(16000 * 3, np.int16))
+    await asyncio.wait_for(sender, 3)
+    assert stalls and "limits.send_stall_s" in stalls[0] and out.closed and out.queued_bytes() == 0
+    out.send_json({"type": "state", "state": "thinking"})  # after the stall: ignored, not queued
+    assert out.queued_bytes() == 0
+    # A client that lets too much pile up is given up at once.
+    out2 = Outbound(sock.send, sample_rate=16000, max_queued_bytes=50_000)
+    out2.on_stall = stalls.append
+    out2.place_audio(1, np.zeros(16000 * 2, np.int16))
+    assert "limits.max_queued_bytes" in stalls[-1] and out2.closed
+
+
+async def test_video_is_dropped_first_audio_is_never_reordered():
+    sock = Socket()
+
+    async def render(position):
+        return 0, b"\xff\xd8jpeg"
+
+    out = Outbound(sock.send, sample_rate=16000, fps=25, render_frame=render, buffered=lambda: sock.buffered,
+                   video_buffer_bytes=1000)
+    sender = asyncio.create_task(out.run())
+    out.place_audio(1, np.zeros(16000, np.int16))
+    await asyncio.sleep(0.4)
+    assert sock.media(KIND_VIDEO)
+    sock.buffered = 10_000  # the socket's buffer is full: frames are skipped, audio goes on
+    before = len(sock.media(KIND_VIDEO))
+    dropped = out.frames_dropped
+    await asyncio.sleep(0.5)
+    assert len(sock.media(KIND_VIDEO)) == before and out.frames_dropped > dropped + 5
+    sock.buffered = 0
+    await asyncio.sleep(0.7)
+    audio = sock.media(KIND_AUDIO)
+    assert sum(len(a[3]) // 2 for a in audio) == 16000
+    positions = [a[2] for a in audio]
+    assert positions == sorted(positions) and all(b - a == 1600 for a, b in zip(positions, positions[1:]))
+    out.closed = True
+    sender.cancel()
+
+
+@pytest.mark.parametrize("mode", ["raise", "hang"])
+async def test_a_broken_renderer_costs_frames_never_audio(mode):
+    sock = Socket()
+
+    async def render(position):
+        if mode == "raise":
+            raise RuntimeError("renderer exploded")
+        await asyncio.sleep(3600)
+
+    out = Outbound(sock.send, sample_rate=16000, fps=25, render_frame=render, render_timeout_s=0.2)
+    sender = asyncio.create_task(out.run())
+    out.place_audio(1, np.zeros(16000, np.int16))
+    await asyncio.sleep(1.4)
+    errors = [e for e in sock.events() if e["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["code"] == "stage_failed" and "renderer" in errors[0]["message"]
+    assert sum(len(a[3]) // 2 for a in sock.media(KIND_AUDIO)) == 16000  # all the audio, in time
+    assert out.render_errors >= 2 and not sender.done()
+    out.closed = True
+    sender.cancel()
+
+
+def test_bogus_playback_reports_are_clamped():
+    out = Outbound(lambda m: None, sample_rate=16000)
+    for bogus in (10**400, -5, float("nan"), 1e300):
+        out.report_playback(bogus)
+        assert 0 <= out.clock() < 16000 * 600
+        out.place_audio(1, np.zeros(10, np.int16))
+
+
+# -- stage faults (fake models wrapped by avatar.faults) ----------------------------------------------
+class Wire:
+    def __init__(self):
+        self.events: list[dict] = []
+
+    async def send(self, message):
+        if isinstance(message, str):
+            self.events.append(json.loads(message))
+
+    def of(self, kind):
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+class EchoLLM(WordLLM):
+    """Says the user's words back, then a longer tail (so that a TTS fault can be aimed with a word)."""
+
+    def stream_chat(self, messages, **kwargs):
+        words = messages[-1]["content"].rsplit("\n", 1)[-1]
+        self.reply = f"{words}. And that is all I have to say about it."
+        return super().stream_chat(messages, **kwargs)
+
+
+@pytest.fixture
+def faulty_session(tmp_path):
+    made = []
+
+    def make(spec: str, **limits):
+        config = load_config(None, {"server": {"data_dir": str(tmp_path)},
+                                    "limits": {"stage_timeout_s": 1.0, "item_timeout_s": 0.5, **limits}})
+        models = install(fake_models(llm=EchoLLM(delay=0.005)), parse_faults(spec))
+        rt = Runtime(config, models, MemoryStore(tmp_path / f"m{len(made)}.sqlite3"))
+        wire = Wire()
+        out = Outbound(wire.send, sample_rate=rt.output_rate)
+        out.report_playback(10**9)  # a client that has "heard" everything: turns end as soon as sent
+        sid = rt.memory.create_session(None)
+        session = Session(rt, out, session_id=sid, user_id=None, history=[])
+        made.append((rt, session, asyncio.create_task(out.run())))
+        return session, wire
+
+    yield make
+    for rt, session, task in made:
+        session.close()
+        task.cancel()
+        rt.close()
+
+
+@pytest.mark.parametrize("spec, expect", [
+    ("llm:raise@BREAK", "injected fault"),
+    ("llm:hang@BREAK", "no output within"),
+    ("llm:hang_mid@BREAK", "stalled"),
+    ("llm:raise_mid@BREAK", "injected fault"),
+    ("tts:raise@BREAK", "injected fault"),
+    ("tts:hang:3", "no output within"),
+])
+async def test_a_failing_or_hanging_stage_ends_the_turn_and_the_session_goes_on(faulty_session, spec, expect):
+    session, wire = faulty_session(spec)
+    session.on_text("BREAK please")
+    await wait_for(lambda: wire.of("error") and wire.of("turn_end"), 8)
+    error = wire.of("error")[0]
+    assert error["code"] == "stage_failed" and expect in error["message"] and not error["fatal"]
+    if spec.endswith("@BREAK"):
+        session.on_text("hello again")  # the way to continue: the next turn works
+        await wait_for(lambda: len(wire.of("turn_end")) == 2, 8)
+        assert not wire.of("turn_end")[1]["interrupted"] and wire.of("turn_end")[1]["reply"]
+
+
+@pytest.mark.parametrize("spec", ["asr:raise", "asr:hang:5"])
+async def test_failing_speech_recognition_reports_and_typing_still_works(faulty_session, spec):
+    session, wire = faulty_session(spec)
+    audio = np.concatenate([speech_like(1.0), np.zeros(16000, np.float32)])
+    for i in range(0, len(audio), 320):
+        session.on_audio(audio[i : i + 320])
+        await asyncio.sleep(0.02)
+    await wait_for(lambda: wire.of("error"), 8)
+    assert wire.of("error")[0]["code"] == "stage_failed"
+    session.on_text("typed instead")
+    await wait_for(lambda: wire.of("turn_end"), 8)
+
+
+def test_fault_specs_are_checked():
+    assert str(parse_faults("llm:slow:0.5@X")[0]) == "llm:slow:0.5@X"
+    for bad in ("gpu:raise", "llm:explode", "llm:slow:soon", "asr:raise@X"):
+        with pytest.raises(ConfigError):
+            parse_faults(bad)
+
+
+# -- against a real server ---------------------------------------------------------------------------------
+def _status(exc_info) -> tuple[int, str]:
+    response = exc_info.value.response
+    return response.status_code, response.body.decode()
+
+
+def test_tokens_origins_metrics_over_http(server_factory):
+    server = server_factory({**FAST, **NO_VIDEO, "server.require_token": "always"})
+    line = next(l for l in server.log().splitlines() if "is ready" in l)
+    token = line.split("?token=")[1].split()[0]
+    assert (server.data_dir / "server_token").read_text().strip() == token
+
+    async def scenario():
+        results = {}
+        with pytest.raises(InvalidStatus) as missing:
+            async with connect(server.ws_url):
+                pass
+        results["missing"] = _status(missing)
+        with pytest.raises(InvalidStatus) as wrong:
+            async with connect(server.ws_url + "?token=not-the-token"):
+                pass
+        results["wrong"] = _status(wrong)
+        with pytest.raises(InvalidStatus) as origin:
+            async with connect(f"{server.ws_url}?token={token}", origin="https://evil.example"):
+                pass
+        results["origin"] = _status(origin)
+        async with connect(f"{server.ws_url}?token={token}", origin=f"http://127.0.0.1:{server.port}") as ws:
+            await ws.send(json.dumps({"type": "ping"}))
+            results["ready"] = json.loads(await ws.recv())
+        results["talk"] = await talk(f"{server.ws_url}?token={token}", text="Say hi.", video=False)
+        return results
+
+    results = asyncio.run(scenario())
+    assert results["missing"][0] == 401 and "?token=" in results["missing"][1]
+    assert results["wrong"][0] == 401 and "not valid" in results["wrong"][1]
+    assert results["origin"][0] == 403 and "allowed_origins" in results["origin"][1]
+    assert results["ready"]["type"] == "ready" and results["talk"].reply
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(server.http_url + "/metrics")
+    assert err.value.code == 401
+    err.value.close()
+    with urllib.request.urlopen(f"{server.http_url}/metrics?token={token}") as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        values = parse_text_format(response.read().decode())
+    assert values['avatar_connections_refused_total{reason="token"}'] == 2
+    assert values['avatar_connections_refused_total{reason="origin"}'] == 1
+    assert values['avatar_turns_total{source="text"}'] == 1
+    assert values['avatar_stage_latency_seconds_count{stage="llm_first_token"}'] == 1
+    with urllib.request.urlopen(server.http_url + "/healthz") as response:  # open, for load balancers
+        health = json.loads(response.read())
+    assert health["status"] == "ok" and all(health["models"].values()) and health["token_required"]
+
+
+def test_limits_over_a_real_socket(server_factory):
+    server = server_factory({**FAST, **NO_VIDEO, "limits.turns_per_minute": 2, "limits.idle_timeout_s": 2.0,
+                             "limits.max_sessions_per_client": 3, "limits.messages_per_second": 50.0,
+                             "limits.message_burst": 60, "limits.max_message_bytes": 65536})
+
+    async def events_until(ws, predicate, timeout):
+        seen = []
+        try:
+            async with asyncio.timeout(timeout):
+                async for message in ws:
+                    if isinstance(message, str):
+                        seen.append(json.loads(message))
+                        if predicate(seen[-1]):
+                            break
+        except TimeoutError:
+            pass
+        return seen
+
+    def limited(limit):
+        return lambda e: e["type"] == "error" and e.get("limit") == limit
+
+    async def scenario():
+        out = {}
+        async with connect(server.ws_url) as a, connect(server.ws_url) as b, connect(server.ws_url) as c:
+            with pytest.raises(InvalidStatus) as fourth:  # per client address
+                async with connect(server.ws_url):
+                    pass
+            out["fourth"] = _status(fourth)
+            for _ in range(3):  # 4.5 s of audio in one go: over the 2 s burst
+                await a.send(b"\x00\x00" * 24000)
+            out["audio"] = await events_until(a, limited("limits.audio_rate_slack"), 10)
+            for _ in range(150):
+                await b.send(json.dumps({"type": "ping"}))
+            out["flood"] = await events_until(b, limited("limits.messages_per_second"), 10)
+            await asyncio.sleep(1.0)
+            await b.send(json.dumps({"type": "ping"}))  # b is still served after its flood
+            out["pong"] = await events_until(b, lambda e: e["type"] == "pong", 10)
+            for text in ("One.", "Two.", "Three."):
+                await c.send(json.dumps({"type": "text", "text": text}))
+            out["turns"] = await events_until(c, limited("limits.turns_per_minute"), 30)
+        async with connect(server.ws_url) as idle:
+            out["idle"] = await events_until(idle, lambda e: e.get("code") == "idle_timeout", 10)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(idle.recv(), 5)
+            out["idle_close"] = closed.value.rcvd.code
+        async with connect(server.ws_url, max_size=None) as big:
+            await big.send(b"\x00" * 70000)
+            out["big"] = await events_until(big, lambda e: e.get("code") == "too_large", 10)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(big.recv(), 5)
+            out["big_close"] = closed.value.rcvd.code
+        out["after"] = await talk(server.ws_url, text="Say hello.", video=False)
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["fourth"][0] == 429 and "max_sessions_per_client" in out["fourth"][1]
+    assert "real time" in out["audio"][-1]["message"]
+    assert out["flood"][-1]["code"] == "rate_limited" and any(e["type"] == "pong" for e in out["flood"])
+    assert "limits.turns_per_minute" in out["turns"][-1]["message"]
+    assert sum(e["type"] == "turn_start" for e in out["turns"]) == 2
+    assert out["pong"][-1] == {"type": "pong"}
+    idle = out["idle"][-1]
+    assert idle["fatal"] and idle["limit"] == "limits.idle_timeout_s" and out["idle_close"] == 4000
+    big = out["big"][-1]
+    assert big["fatal"] and big["limit"] == "limits.max_message_bytes" and out["big_close"] == 1009
+    assert out["after"].reply and server.proc.poll() is None
+
+
+def test_injected_faults_in_a_real_server_end_one_turn_and_others_go_on(server_factory, monkeypatch):
+    monkeypatch.setenv("AVATAR_FAULTS", "llm:hang_mid:60@HANGME,llm:raise@BOOM")
+    server = server_factory({**FAST, **NO_VIDEO, "limits.stage_timeout_s": 20.0, "limits.item_timeout_s": 3.0})
+    assert "fault injection is ON" in server.log()
+
+    async def broken():
+        events = []
+        async with connect(server.ws_url) as ws:
+            await ws.send(json.dumps({"type": "hello", "video": False}))
+            for text in ("HANGME: tell me a long story about ships.", "Say BOOM.", "Say hello."):
+                await ws.send(json.dumps({"type": "text", "text": text}))
+                async with asyncio.timeout(90):
+                    async for message in ws:
+                        if isinstance(message, str):
+                            events.append(json.loads(message))
+                            if events[-1]["type"] == "turn_end":
+                                break
+        return events
+
+    async def good():
+        replies = []
+        for text in ("What is the capital of Italy?", "Name a fruit."):
+            replies.append((await talk(server.ws_url, text=text, video=False, timeout=120)).reply)
+        return replies
+
+    async def both():
+        return await asyncio.gather(broken(), good())
+
+    events, replies = asyncio.run(both())
+    errors = [e for e in events if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["stage_failed", "stage_failed"]
+    assert "stalled" in errors[0]["message"] and "injected fault" in errors[1]["message"]
+    ends = [e for e in events if e["type"] == "turn_end"]
+    assert len(ends) == 3 and ends[2]["reply"] and not ends[2]["interrupted"]
+    assert all(replies)
+    with urllib.request.urlopen(server.http_url + "/healthz") as response:
+        assert json.loads(response.read())["faults"] == ["llm:hang_mid:60@HANGME", "llm:raise@BOOM"]
+    with urllib.request.urlopen(server.http_url + "/metrics") as response:
+        values = parse_text_format(response.read().decode())
+    assert values['avatar_errors_total{code="stage_failed"}'] == 2
+
+
+def test_faults_are_off_without_the_switch(server_factory, monkeypatch):
+    monkeypatch.delenv("AVATAR_FAULTS", raising=False)
+    from avatar.faults import faults_from_env
+
+    assert faults_from_env({}) == [] and faults_from_env({"AVATAR_FAULTS": " "}) == []
