@@ -69,6 +69,11 @@ class AvatarServer:
             health = self._health()
             status = http.HTTPStatus.OK if health["status"] == "ok" else http.HTTPStatus.SERVICE_UNAVAILABLE
             return self._response(status, json.dumps(health).encode(), "application/json")
+        if path == "/auth":  # what /ws would answer, readable by a page (browsers hide refused handshakes)
+            refusal = self.access.check_ws(request.path, request.headers)
+            if refusal is not None:
+                return self._refuse(refusal)
+            return self._response(http.HTTPStatus.OK, b"ok\n", "text/plain")
         if path == "/metrics":
             refusal = self.access.check_token(request.path, request.headers)
             if refusal is not None:
@@ -129,7 +134,8 @@ class AvatarServer:
     @staticmethod
     def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
         headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                           ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff")])
+                           ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
+                           ("Referrer-Policy", "no-referrer")])  # the page's URL may hold a token
         return Response(status.value, status.phrase, headers, body)
 
     # -- WebSocket ---------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ def piper_tts():
         return None
 
 
+@functools.lru_cache(maxsize=4)
 def piper_speech(text: str):
     """(int16 audio, rate, phonemes) from Piper, or None."""
     tts = piper_tts()

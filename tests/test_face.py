@@ -359,10 +359,11 @@ def test_render_main_from_audio(tmp_path, capsys):
 # (80 ms, about where people start to notice audio-visual asynchrony). Natural speech itself reaches only
 # about 0.3-0.6, because lips close on loud voiced /m/ and stay open on quiet consonants. We require
 # r >= 0.6 everywhere except one case: phoneme-driven on the astronaut, whose photo smiles with open lips,
-# so every m/b/p closure is a large drop in opening while a voiced /m/ stays loud; there r >= 0.5
-# (measured 0.58 and 0.65 on the two test sentences; 0.77-0.79 on the held-out closed-mouth portrait).
+# so every m/b/p closure is a large drop in opening while a voiced /m/ stays loud, and she returns to that
+# open smile in silence; there r >= 0.55 (measured 0.62-0.64 over repeated Piper runs, which vary a little
+# from run to run; 0.73-0.75 on the held-out closed-mouth portrait).
 R_MIN = 0.6
-R_MIN_OPEN_SMILE_PHONEMES = 0.5
+R_MIN_OPEN_SMILE_PHONEMES = 0.55
 LAG_MAX = 2
 
 
@@ -409,7 +410,7 @@ def test_lipsync_audio_driven(which, face, heldout_face, meter, tmp_path):
 def test_lipsync_phoneme_driven(which, face, heldout_face, meter):
     from avatar.face.lipsync import lipsync_check
 
-    speech = piper_speech(SENTENCES[0])
+    speech = piper_speech(" ".join(SENTENCES))
     if speech is None:
         pytest.skip("the Piper voice with phoneme timings is not installed")
     audio, rate, ph = speech

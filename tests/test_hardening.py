@@ -450,6 +450,12 @@ def test_tokens_origins_metrics_over_http(server_factory):
     assert values['avatar_connections_refused_total{reason="origin"}'] == 1
     assert values['avatar_turns_total{source="text"}'] == 1
     assert values['avatar_stage_latency_seconds_count{stage="llm_first_token"}'] == 1
+    with pytest.raises(urllib.error.HTTPError) as err:  # a page can read why /ws would refuse it
+        urllib.request.urlopen(server.http_url + "/auth?token=wrong-wrong-wrong")
+    assert err.value.code == 401 and b"not valid" in err.value.read()
+    err.value.close()
+    with urllib.request.urlopen(f"{server.http_url}/auth?token={token}") as response:
+        assert response.status == 200 and response.headers["Referrer-Policy"] == "no-referrer"
     with urllib.request.urlopen(server.http_url + "/healthz") as response:  # open, for load balancers
         health = json.loads(response.read())
     assert health["status"] == "ok" and all(health["models"].values()) and health["token_required"]

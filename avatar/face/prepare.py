@@ -61,6 +61,7 @@ class PreparedFace:
     bases: dict[str, tuple[np.ndarray, np.ndarray]]
     sha256: str = ""
     cache_path: Path | None = None
+    mask: np.ndarray | None = None  # (gh, gw) float32 on the coarse grid: 1 where the head moves, 0 where held
     _shared: dict = field(default_factory=dict, repr=False)  # per-face render data shared by renderers
 
     def __repr__(self) -> str:
@@ -428,7 +429,7 @@ def _tps(points: np.ndarray, values: np.ndarray, query: np.ndarray, smoothing: f
 
 
 def compute_fields(points: np.ndarray, size: int, step: int = GRID_STEP):
-    """(roi, step, bases) for a face with landmarks ``points`` in an aligned ``size`` crop."""
+    """(roi, step, bases, mask) for a face with landmarks ``points`` in an aligned ``size`` crop."""
     g = _geometry(points)
     outer = 1.0 + g.feather
     x0 = int(max(0, math.floor(g.head_c[0] - outer * g.head_axes[0]) - 2))
@@ -489,7 +490,7 @@ def compute_fields(points: np.ndarray, size: int, step: int = GRID_STEP):
     breath = np.zeros((gh, gw, 2), np.float32)
     breath[..., 1] = 1.5 * mask
     bases["breath"] = (breath, breath)
-    return (x0, y0, x1, y1), step, bases
+    return (x0, y0, x1, y1), step, bases, mask.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -524,6 +525,8 @@ def save_cache(face: PreparedFace, path: Path) -> None:
         "transform": face.transform.astype(np.float64), "roi": np.array(face.roi, np.int32),
         "grid_step": np.array(face.grid_step),
     }
+    if face.mask is not None:
+        arrays["mask"] = face.mask.astype(np.float16)
     for key, (up, low) in face.bases.items():
         arrays[f"U:{key}"] = up.astype(np.float16)
         if low is not up:
@@ -561,7 +564,8 @@ def load_cache(path: Path, photo: Path | None, size: int, *, sha256: str | None 
                 name=str(data["name"]), photo=photo, size=size, image=None,  # type: ignore[arg-type]
                 landmarks=data["landmarks"].astype(np.float32), transform=data["transform"].astype(np.float64),
                 roi=tuple(int(v) for v in data["roi"]), grid_step=int(data["grid_step"]), bases=bases,
-                sha256=digest, cache_path=path)
+                sha256=digest, cache_path=path,
+                mask=data["mask"].astype(np.float32) if "mask" in data.files else None)
     except (OSError, KeyError, ValueError, EOFError):
         return None
     if image is None:
@@ -612,9 +616,9 @@ def prepare_face(photo_path: str | Path, name: str | None = None, out_dir: str |
     # The face we aligned is the one nearest the crop's centre.
     center = np.array([size / 2, EYE_LINE * size])
     marks = min(again, key=lambda f: np.linalg.norm(f[[lm.LEFT_IRIS_CENTER, lm.RIGHT_IRIS_CENTER], :2].mean(0) - center))
-    roi, step, bases = compute_fields(marks, size)
+    roi, step, bases, mask = compute_fields(marks, size)
     face = PreparedFace(name=name, photo=photo, size=size, image=aligned, landmarks=marks.astype(np.float32),
-                        transform=matrix, roi=roi, grid_step=step, bases=bases, sha256=digest)
+                        transform=matrix, roi=roi, grid_step=step, bases=bases, sha256=digest, mask=mask)
     for candidate in (cache, fallback):
         try:
             save_cache(face, candidate)
