@@ -66,7 +66,12 @@ class Runtime:
         progress(f"memory: {memory_path}")
         faces = None
         if config.video.enabled:
+            import cv2
+
             from avatar.face import FaceLibrary
+
+            # Each frame renders on one core; sessions render in parallel on the render pool instead.
+            cv2.setNumThreads(1)
 
             faces = FaceLibrary([REPO_ROOT / "faces", config.data_path / "faces"], size=config.video.size,
                                 progress=progress)

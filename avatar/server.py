@@ -361,7 +361,8 @@ class AvatarServer:
         from avatar.face import FaceAnimator
 
         cfg = self.rt.config.video
-        animator = FaceAnimator(self.rt.faces.get(face_name), fps=cfg.fps, sample_rate=self.rt.output_rate)
+        animator = FaceAnimator(self.rt.faces.get(face_name), fps=cfg.fps, sample_rate=self.rt.output_rate,
+                                quality=cfg.quality)
         return faults.wrap_animator(animator, self.rt.faults)  # unchanged unless AVATAR_FAULTS names render
 
     def _attach_video(self, session: Session) -> None:
