@@ -30,6 +30,8 @@ class ServerConfig:
     tokens: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)  # besides same-origin and localhost pages
     require_token: str = "auto"  # "auto" (only beyond localhost) | "always" | "never"
+    # Run every model once at start-up, so that the first user does not pay for cold caches (seconds).
+    warm_up: bool = True
     # Behind a reverse proxy every client comes from the proxy's address: trust its X-Forwarded-For
     # header for the per-client limits. Only turn this on when the proxy sets that header itself.
     trust_forwarded_for: bool = False

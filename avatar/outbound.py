@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 
 from avatar.protocol import KIND_AUDIO, KIND_VIDEO, error_event, media_frame
 
@@ -176,7 +177,7 @@ class Outbound:
         except _Stalled:
             pass
         except Exception as exc:  # noqa: BLE001 - the connection closed, or a bug: never a silent stuck sender
-            if type(exc).__name__ not in ("ConnectionClosed", "ConnectionClosedOK", "ConnectionClosedError"):
+            if not isinstance(exc, ConnectionClosed):
                 log.exception("sending to a client failed")
                 self._stall(f"internal error while sending: {exc!r}")
         finally:

@@ -57,6 +57,8 @@ class Runtime:
         t0 = time.monotonic()
         injected = fault_injection.faults_from_env()  # read first: a typo fails before minutes of loading
         models = load_models(config, progress=progress)
+        if config.server.warm_up:
+            warm_up(models, config, progress)
         if injected:
             fault_injection.install(models, injected)
             progress(f"WARNING: fault injection is ON ({fault_injection.ENV}="
@@ -169,3 +171,24 @@ async def _with_timeouts(items: AsyncIterator, limits, what: str, cancel: thread
             yield item
     finally:
         await iterator.aclose()
+
+
+def warm_up(models, config: Config, progress: Callable[[str], None]) -> None:
+    """Run each model once before the first user arrives: the first call of a fresh model pays for page
+    faults and allocations (seconds for the LLM), and the LLM keeps the system prompt's KV cache, which
+    every new conversation starts with."""
+    from avatar.memory import build_prompt
+
+    t0 = time.monotonic()
+    models.asr.transcribe(np.zeros(16000, dtype=np.float32), language=config.persona.language or None)
+    for _ in models.tts.synthesize("Hello."):
+        pass
+    messages = build_prompt(config.system_prompt, [], "Hello!", count_tokens=models.llm.count_tokens,
+                            budget_tokens=models.llm.context_tokens, max_turns=0)
+    try:
+        for _ in models.llm.stream_chat(messages, max_tokens=1, temperature=0.0, cancel=threading.Event()):
+            pass
+    except Exception as exc:  # noqa: BLE001 - e.g. a remote LLM server not up yet: say so, serve anyway
+        progress(f"WARNING: the LLM did not answer a warm-up prompt ({exc}); replies will fail until it does")
+    progress(f"warmed up ASR, TTS and LLM in {time.monotonic() - t0:.1f} s")
+

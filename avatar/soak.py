@@ -280,7 +280,9 @@ def start_server(args, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen
         line = proc.stdout.readline()
         if not line:
             if proc.poll() is not None:
-                raise RuntimeError(f"avatar serve exited with {proc.returncode}; see {log_path}")
+                log.close()
+                tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+                raise RuntimeError(f"avatar serve exited with {proc.returncode}:\n{tail}")
             continue
         if "is ready" in line and "ws://" in line:
             url = line.split("WebSocket: ", 1)[1].rstrip(")\n ")
@@ -291,7 +293,8 @@ def start_server(args, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
             return proc, url
     proc.kill()
-    raise RuntimeError(f"avatar serve did not become ready in 600 s; see {log_path}")
+    raise RuntimeError("avatar serve did not become ready in 600 s:\n"
+                       + log_path.read_text(encoding="utf-8", errors="replace")[-3000:])
 
 
 def stop_server(proc: subprocess.Popen) -> int | None:
@@ -307,12 +310,23 @@ def stop_server(proc: subprocess.Popen) -> int | None:
 
 # -- the run ---------------------------------------------------------------------------------------------
 async def run_soak(url: str, clients: int, minutes: float, speech: list[np.ndarray]) -> dict:
+    loop = asyncio.get_running_loop()
     rss_start = server_rss(url)
     started = time.monotonic()
     deadline = started + minutes * 60.0
     soakers = [SoakClient(i, url, deadline, speech) for i in range(clients)]
     tasks = [asyncio.create_task(c.run()) for c in soakers]
+    samples: list[tuple[float, int | None]] = []
+
+    async def sample_rss() -> None:  # memory over time: warm-up first, then it should stay flat
+        every = max(10.0, minutes * 60.0 / 30)
+        while True:
+            await asyncio.sleep(every)
+            samples.append((round(time.monotonic() - started), await loop.run_in_executor(None, server_rss, url)))
+
+    sampler = asyncio.create_task(sample_rss())
     done, pending = await asyncio.wait(tasks, timeout=minutes * 60.0 + HARD_MARGIN_S)
+    sampler.cancel()
     for task in pending:
         task.cancel()
     reports = [c.report for c in soakers]
@@ -339,7 +353,8 @@ async def run_soak(url: str, clients: int, minutes: float, speech: list[np.ndarr
         "clients_closed_early": sum(1 for r in reports if r.closed),
         "audio_reorders": sum(r.audio_reorders for r in reports),
         "server_rss_mb": {"start": mb(rss_start), "end": mb(rss_end),
-                          "growth": mb(rss_end - rss_start) if rss_start and rss_end else None},
+                          "growth": mb(rss_end - rss_start) if rss_start and rss_end else None,
+                          "samples": [[t, mb(v)] for t, v in samples]},
         "reply_latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "max": pct(1.0)},
         "server_healthy": bool(health and health.get("status") == "ok"),
         "sessions": [r.summary() for r in reports],
@@ -355,6 +370,7 @@ def format_report(report: dict) -> str:
         f"errors: {report['error_total']} {report['errors'] or ''}",
         f"server RSS: {report['server_rss_mb']['start']} MB at start, {report['server_rss_mb']['end']} MB at end "
         f"(growth {report['server_rss_mb']['growth']} MB)   healthy at end: {report['server_healthy']}",
+        "server RSS over time (s, MB): " + " ".join(f"{t}:{v}" for t, v in report["server_rss_mb"]["samples"]),
         f"reply latency (input end -> first audio): p50 {report['reply_latency_ms']['p50']} ms, "
         f"p95 {report['reply_latency_ms']['p95']} ms",
     ]
@@ -386,7 +402,12 @@ def soak_main(args) -> int:
         else:
             data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else work / "data"
             print("avatar soak: starting a server...", file=sys.stderr, flush=True)
-            proc, url = start_server(args, data_dir, work / "server.log")
+            try:
+                proc, url = start_server(args, data_dir, work / "server.log")
+            except RuntimeError as exc:
+                from avatar.errors import AvatarError
+
+                raise AvatarError(f"soak: {exc}") from None
         speech = make_speech(work)
         print(f"avatar soak: {args.clients} clients for {args.minutes:g} min against {url.split('?')[0]}",
               file=sys.stderr, flush=True)
