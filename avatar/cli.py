@@ -1,4 +1,4 @@
-"""The ``avatar`` command: serve, talk, face, render, bench."""
+"""The ``avatar`` command: serve, talk, face, render, bench, soak."""
 
 from __future__ import annotations
 
