@@ -393,7 +393,8 @@ def bench_main(args) -> int:
     offline = None if args.no_baseline else measure_offline(config, utterances, log)
     render = measure_render(config) if config.video.enabled else None
     report = summarise(levels, offline, render)
-    report["run"] = {"command": "avatar " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "avatar bench",
+    argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
+    report["run"] = {"command": " ".join(["avatar bench", *argv]),
                      "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
                      "date": time.strftime("%Y-%m-%d"), "seconds": round(time.monotonic() - started, 1),
                      "llm": f"{config.llm.backend} {config.llm.model}", "asr": config.asr.model}

@@ -405,12 +405,13 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - the reply was given; report that it was not saved
             self.error(StageError(f"could not save the turn to memory: {exc}"), where="memory")
         audio_samples = sum(end - start for start, end, _ in turn.spans)
-        self.out.send_json({"type": "turn_end", "turn_id": turn.turn_id, "reply": turn.reply.strip(),
-                            "heard": heard, "interrupted": interrupted, "audio_samples": audio_samples})
         names = ("endpoint", "asr_final", "llm_first_token", "first_clause", "tts_first_audio",
                  "audio_out", "first_frame")
+        # Latency first: a client may hang up as soon as it sees turn_end.
         self.out.send_json({"type": "latency", "turn_id": turn.turn_id, "source": turn.source,
                             **{f"{name}_ms": turn.latency_ms(name) for name in names}})
+        self.out.send_json({"type": "turn_end", "turn_id": turn.turn_id, "reply": turn.reply.strip(),
+                            "heard": heard, "interrupted": interrupted, "audio_samples": audio_samples})
         if self.turn is turn:
             self.turn = None
         self.set_state("listening")
