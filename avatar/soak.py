@@ -89,15 +89,19 @@ class ClientReport:
     closed: str | None = None  # why the connection ended early, if it did
 
     def summary(self) -> dict:
-        offsets = self.av_offsets_ms
+        # A frame that arrives early waits for its audio and is shown in sync (offset 0); one that arrives
+        # after its audio played can only be shown late by that much.
+        offsets = [max(0.0, o) for o in self.av_offsets_ms]
         head = offsets[:25]
         tail = offsets[-25:]
+        raw_tail = self.av_offsets_ms[-25:]
         return {
             "client": self.client, "session_id": self.session_id, "turns": self.turns,
             "turns_started": self.turns_started, "no_reply": self.no_reply, "errors": self.errors,
             "audio_chunks": self.audio_chunks, "audio_reorders": self.audio_reorders,
             "video_frames": self.video_frames,
-            "av_offset_ms": round(offsets[-1], 1) if offsets else None,
+            "av_offset_ms": round(statistics.median(tail), 1) if tail else None,
+            "video_lead_ms": round(-statistics.median(raw_tail), 1) if raw_tail else None,
             "av_offset_start_ms": round(statistics.median(head), 1) if head else None,
             "av_offset_end_ms": round(statistics.median(tail), 1) if tail else None,
             "av_offset_max_ms": round(max(offsets), 1) if offsets else None,
