@@ -23,16 +23,37 @@ from avatar.protocol import INPUT_SAMPLE_RATE, KIND_AUDIO, KIND_VIDEO, parse_med
 FRAME_S = 0.02  # microphone frames of 20 ms, like a browser AudioWorklet sends
 
 
+def _riff_chunks(data: bytes):
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError("not a WAV file")
+    offset = 12
+    while offset + 8 <= len(data):
+        name, size = data[offset : offset + 4], int.from_bytes(data[offset + 4 : offset + 8], "little")
+        yield name, data[offset + 8 : offset + 8 + size]
+        offset += 8 + size + (size & 1)
+
+
 def read_wav(path: str | Path, rate: int = INPUT_SAMPLE_RATE) -> np.ndarray:
-    """A WAV file as float32 mono at ``rate`` (linear resampling; fine for speech at 16 kHz)."""
-    with wave.open(str(path), "rb") as wav:
-        channels, width, src_rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-        raw = wav.readframes(wav.getnframes())
-    if width != 2:
-        raise ValueError(f"{path}: only 16-bit PCM WAV files are supported (this one has {8 * width}-bit samples)")
-    audio = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    """A WAV file (16-bit PCM or 32-bit float) as float32 mono at ``rate`` (linear resampling; fine
+    for speech at 16 kHz)."""
+    chunks = dict(_riff_chunks(Path(path).read_bytes()))
+    if b"fmt " not in chunks or b"data" not in chunks:
+        raise ValueError(f"{path}: a WAV file needs 'fmt ' and 'data' chunks")
+    fmt = chunks[b"fmt "]
+    tag, channels, src_rate = int.from_bytes(fmt[0:2], "little"), int.from_bytes(fmt[2:4], "little"), \
+        int.from_bytes(fmt[4:8], "little")
+    bits = int.from_bytes(fmt[14:16], "little")
+    if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real tag starts the sub-format GUID
+        tag = int.from_bytes(fmt[24:26], "little")
+    if tag == 1 and bits == 16:
+        audio = np.frombuffer(chunks[b"data"], dtype="<i2").astype(np.float32) / 32768.0
+    elif tag == 3 and bits == 32:
+        audio = np.frombuffer(chunks[b"data"], dtype="<f4").astype(np.float32)
+    else:
+        raise ValueError(f"{path}: only 16-bit PCM or 32-bit float WAV files are supported "
+                         f"(this one has format {tag}, {bits}-bit samples)")
     if channels > 1:
-        audio = audio.reshape(-1, channels).mean(axis=1)
+        audio = audio[: len(audio) - len(audio) % channels].reshape(-1, channels).mean(axis=1)
     if src_rate != rate and len(audio):
         n = int(round(len(audio) * rate / src_rate))
         audio = np.interp(np.linspace(0, len(audio) - 1, n), np.arange(len(audio)), audio).astype(np.float32)

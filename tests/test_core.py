@@ -153,3 +153,23 @@ def test_config_example_lists_every_setting_with_its_default():
     for section in dataclasses.fields(Config):
         names = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
         assert set(listed.get(section.name, {})) == names, section.name
+
+
+def test_read_wav_takes_pcm16_and_float32_at_any_rate(tmp_path):
+    import struct
+
+    from avatar.client import read_wav, write_wav
+
+    tone = (np.sin(np.arange(8000) / 8000 * 2 * np.pi * 200) * 0.5).astype(np.float32)
+    write_wav(tmp_path / "pcm.wav", (tone * 32767).astype("<i2"), 8000)
+    pcm = read_wav(tmp_path / "pcm.wav")
+    assert len(pcm) == 16000 and abs(pcm.max() - 0.5) < 0.01
+    data = np.stack([tone, tone], axis=1).astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 2, 16000, 16000 * 8, 8, 32)
+    riff = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    (tmp_path / "float.wav").write_bytes(b"RIFF" + struct.pack("<I", len(riff)) + riff)
+    floats = read_wav(tmp_path / "float.wav")
+    assert len(floats) == 8000 and np.allclose(floats, tone, atol=1e-6)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF\0\0\0\0WAVEjunk")
+    with pytest.raises(ValueError, match="chunks"):
+        read_wav(tmp_path / "bad.wav")
