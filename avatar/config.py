@@ -56,7 +56,10 @@ class ASRConfig:
     device: str = "cpu"  # "cpu" | "cuda" | "auto"
     compute_type: str = "int8"  # "int8" on CPU, "float16" on CUDA
     beam_size: int = 1
-    partial_interval_ms: int = 800  # how often to re-transcribe the utterance while the user speaks
+    # How often to re-transcribe the utterance while the user speaks. Whisper encodes a 30 s window per
+    # call whatever the length, so each partial costs as much as the final one; spaced out, they rarely
+    # still run when speech ends and the final transcription (on the critical path) starts.
+    partial_interval_ms: int = 1500
     cpu_threads: int = 2
 
 
@@ -67,7 +70,10 @@ class LLMConfig:
     url: str = ""  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
     api_key: str = ""
     device: str = "cpu"  # transformers: "cuda" | "cpu"
-    n_threads: int = 2
+    # Generation threads. One: while the LLM writes the rest of a reply, TTS speaks the first clause and
+    # the face renders; on 2 cores a second LLM thread slows them more than it speeds the LLM.
+    n_threads: int = 1
+    n_threads_batch: int = 2  # prompt evaluation, when nothing else is running
     context_tokens: int = 4096
     max_tokens: int = 160
     temperature: float = 0.6

@@ -50,7 +50,7 @@ class LlamaCppLLM:
         try:
             self.llm = Llama(
                 model_path=str(self.path), n_ctx=cfg.context_tokens, n_threads=cfg.n_threads,
-                n_threads_batch=cfg.n_threads, verbose=False,
+                n_threads_batch=max(cfg.n_threads, cfg.n_threads_batch), verbose=False,
             )
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             raise ModelMissingError(f"cannot load GGUF model {self.path}: {exc}") from None
