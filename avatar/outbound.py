@@ -278,6 +278,8 @@ class Outbound:
             self._render_failed(f"the face renderer failed: {exc!r}")
             return
         position = self._frame_position(index)
+        if jpeg is None:  # a controls-only session: the controls went out as an event
+            return
         await self._send_one(media_frame(KIND_VIDEO, turn_id, position, jpeg))
         self.frames_sent += 1
         if self.on_first_frame:

@@ -27,6 +27,7 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "user_key": ((str,), False),  # the secret that `ready` gave with user_id
         "face": ((str,), False),
         "video": ((bool,), False),
+        "controls": ((bool,), False),
         "protocol": ((int,), False),
     },
     "text": {"text": ((str,), True)},

@@ -324,7 +324,8 @@ class AvatarServer:
         face_name = None
         animator = None
         video_wanted = hello.get("video", True)
-        if rt.faces is not None and video_wanted:
+        controls_wanted = hello.get("controls", False)
+        if rt.faces is not None and (video_wanted or controls_wanted):
             face_name = hello.get("face") or rt.config.persona.face
             if face_name not in rt.faces.names:
                 if hello.get("face"):
@@ -333,10 +334,14 @@ class AvatarServer:
                 face_name = rt.faces.names[0] if rt.faces.names else None
             if face_name is not None:
                 animator = self._new_animator(face_name)
-        video = None
-        if animator is not None:
-            cfg = rt.config.video
+        video = controls = None
+        cfg = rt.config.video
+        if animator is not None and video_wanted:
             video = {"fps": cfg.fps, "width": cfg.size, "height": cfg.size, "format": cfg.format}
+        if animator is not None and controls_wanted:
+            from avatar.face.controls import CONTROLS
+
+            controls = {"fps": cfg.fps, "ranges": {name: list(r) for name, r in CONTROLS.items()}}
         outbound.send_json({
             "type": "ready", "session_id": session_id, "resume_key": admission.resume_key, "user_id": user_id,
             "user_key": admission.user_key, "resumed": resumed,
@@ -344,13 +349,13 @@ class AvatarServer:
                                                      {"role": "assistant", "text": t.reply_text})],
             "persona": {"name": rt.config.persona.name},
             "audio": {"input_rate": 16000, "output_rate": rt.output_rate},
-            "video": video, "face": face_name,
+            "video": video, "controls": controls, "face": face_name,
             "faces": list(rt.faces.names) if rt.faces is not None else [],
         })
         session = Session(rt, outbound, session_id=session_id, user_id=user_id, history=history,
                           animator=animator)
         if animator is not None:
-            self._attach_video(session)
+            self._attach_video(session, frames=video is not None, controls=controls is not None)
         self.sessions.add(session)
         self.metrics.sessions_opened.inc(resumed=str(resumed).lower())
         log.info("session %s opened (user=%s, resumed=%s, %d turns of history)", session_id[:8], user_id,
@@ -365,16 +370,22 @@ class AvatarServer:
                                 quality=cfg.quality)
         return faults.wrap_animator(animator, self.rt.faults)  # unchanged unless AVATAR_FAULTS names render
 
-    def _attach_video(self, session: Session) -> None:
+    def _attach_video(self, session: Session, *, frames: bool = True, controls: bool = False) -> None:
+        """Stream the face: JPEG frames, and/or the animation controls for clients that render themselves."""
         loop = asyncio.get_running_loop()
         out = session.out
 
-        async def render(position: int) -> tuple[int, bytes]:
+        async def render(position: int) -> tuple[int, bytes | None]:
             animator = session.animator
-            jpeg = await loop.run_in_executor(self.rt.render_pool, animator.jpeg_at, position)
             turn = session.turn
             speaking = turn is not None and animator.is_speaking(position)
-            return (turn.turn_id if speaking else 0), jpeg
+            turn_id = turn.turn_id if speaking else 0
+            if controls:
+                values = animator.controls_at(position)
+                out.send_json({"type": "controls", "position": position, "turn_id": turn_id,
+                               "values": {name: round(v, 4) for name, v in values.items()}})
+            jpeg = await loop.run_in_executor(self.rt.render_pool, animator.jpeg_at, position) if frames else None
+            return turn_id, jpeg
 
         out.fps = self.rt.config.video.fps
         out.render_frame = render

@@ -327,6 +327,11 @@ async def run_soak(url: str, clients: int, minutes: float, speech: list[np.ndarr
         while True:
             await asyncio.sleep(every)
             samples.append((round(time.monotonic() - started), await loop.run_in_executor(None, server_rss, url)))
+            rss = samples[-1][1]
+            print(f"avatar soak: {samples[-1][0] / 60:.1f}/{minutes:g} min, "
+                  f"{sum(c.report.turns for c in soakers)} turns, "
+                  f"{sum(sum(c.report.errors.values()) for c in soakers)} errors, server RSS "
+                  f"{'?' if rss is None else f'{rss / 2**20:.0f} MB'}", file=sys.stderr, flush=True)
 
     sampler = asyncio.create_task(sample_rss())
     done, pending = await asyncio.wait(tasks, timeout=minutes * 60.0 + HARD_MARGIN_S)

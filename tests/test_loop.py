@@ -181,3 +181,26 @@ def test_the_page_and_health_are_served(server_factory):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(server.http_url + path)
         assert err.value.code == 404
+
+
+def test_a_client_can_take_the_face_controls_instead_of_frames(server_factory):
+    """The animation controls are a stream of their own: a client may render the face itself."""
+    server = server_factory(FAST)
+
+    async def scenario():
+        async with connect(server.ws_url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "hello", "video": False, "controls": True}))
+            await ws.send(json.dumps({"type": "text", "text": "Say hello to me."}))
+            return await _collect_until(ws, lambda e: e["type"] == "turn_end", 120)
+
+    events = asyncio.run(scenario())
+    ready = events[0]
+    assert ready["type"] == "ready" and ready["video"] is None
+    assert "jaw_open" in ready["controls"]["ranges"]
+    assert not [e for e in events if e["type"] == "video"]  # no JPEG frames were asked for
+    controls = [e for e in events if e["type"] == "controls"]
+    positions = [c["position"] for c in controls]
+    assert len(controls) > 10 and positions == sorted(positions)
+    speaking = [c for c in controls if c["turn_id"]]
+    assert speaking and max(c["values"]["jaw_open"] for c in speaking) > max(
+        c["values"]["jaw_open"] for c in controls if not c["turn_id"])
