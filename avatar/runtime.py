@@ -40,6 +40,7 @@ class Runtime:
         self.tts_pool = ThreadPoolExecutor(2, thread_name_prefix="tts")
         self.render_pool = ThreadPoolExecutor(2, thread_name_prefix="render")
         self._asr_running = 0  # transcriptions in flight, all sessions
+        self._llm_slots: asyncio.Semaphore | None = None
         self._token_cache: dict[str, int] = {}
         self._token_lock = threading.Lock()
         self.faults: list = []  # avatar.faults.Fault, only when AVATAR_FAULTS was set at start-up
@@ -125,15 +126,22 @@ class Runtime:
         cfg = self.config.llm
         make = lambda: self.models.llm.stream_chat(  # noqa: E731
             messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, cancel=cancel)
+        if self._llm_slots is None:
+            self._llm_slots = asyncio.Semaphore(getattr(self.models.llm, "max_concurrent", 1))
         finished = False
-        try:
-            async for piece in _with_timeouts(iterate_in_thread(make, self.llm_pool), self.config.limits,
-                                              "the language model", cancel):
-                yield piece
-            finished = True
-        finally:
-            if not finished:
-                cancel.set()  # a reply abandoned half-way frees the model at the next token
+        # Sessions queue here for a local model that generates one reply at a time. Waiting in this queue
+        # is not a hang, so the stage timeouts start only once this reply has the model.
+        async with self._llm_slots:
+            if cancel.is_set():  # barged in while waiting
+                return
+            try:
+                async for piece in _with_timeouts(iterate_in_thread(make, self.llm_pool), self.config.limits,
+                                                  "the language model", cancel):
+                    yield piece
+                finished = True
+            finally:
+                if not finished:
+                    cancel.set()  # a reply abandoned half-way frees the model at the next token
 
     async def synthesize(self, text: str, cancel: threading.Event) -> AsyncIterator:
         def chunks():

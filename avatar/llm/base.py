@@ -8,6 +8,8 @@ from typing import Iterator, Protocol
 
 class ChatLLM(Protocol):
     context_tokens: int  # prompt + reply must fit in this many tokens
+    # Replies generated at once; sessions queue beyond that (optional attribute, default 1).
+    max_concurrent: int
 
     def count_tokens(self, text: str) -> int: ...
 

@@ -20,6 +20,9 @@ from avatar.errors import ConfigError, StageError
 
 
 class OpenAIHTTPLLM:
+    # A remote server (vLLM, llama-server, Ollama) batches or queues requests itself.
+    max_concurrent = 16
+
     def __init__(self, cfg: LLMConfig, *, timeout_s: float = 60.0):
         if not cfg.url:
             raise ConfigError("llm.backend 'openai' needs llm.url, e.g. http://127.0.0.1:8000/v1")
