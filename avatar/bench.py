@@ -8,6 +8,7 @@ output, so the report can say how much streaming buys and how much the orchestra
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import platform
@@ -153,29 +154,6 @@ async def run_level(url: str, sessions: int, utterances: list[Utterance], turns:
     await asyncio.gather(*(_client(url, i, sessions, utterances, turns, video, records, log)
                            for i in range(sessions)))
     return records
-
-
-def start_server(config_args: list[str], log) -> tuple[subprocess.Popen, str]:
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "avatar", "serve", "--port", str(port), *config_args]
-    log(f"starting: {' '.join(cmd[2:])}")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {proc.stderr.read()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return proc, f"ws://127.0.0.1:{port}/ws"
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("the server did not start within 10 minutes")
 
 
 # -- the offline part: isolated stages and the naive pipeline --------------------------------------------------
@@ -369,18 +347,17 @@ def bench_main(args) -> int:
         turns = len(utterances)
     log(f"{len(utterances)} utterances, sessions {sessions}, {turns} turns per client")
 
-    config_args = []
-    if args.config:
-        config_args += ["--config", args.config]
-    for item in args.set or []:
-        config_args += ["--set", item]
-    if args.no_video:
-        config_args += ["--set", "video.enabled=false"]
-    config_args += ["--data-dir", str(Path(tempfile.mkdtemp(prefix="avatar-bench-")))]
     proc = None
     url = args.url
     if url is None:
-        proc, url = start_server(config_args, log)
+        from avatar.soak import start_server
+
+        # The same server start-up as `avatar soak`: its output goes to a log file, so it never blocks.
+        sets = [*(args.set or []), *(["video.enabled=false"] if args.no_video else [])]
+        work = Path(tempfile.mkdtemp(prefix="avatar-bench-"))
+        log(f"starting a server (log: {work / 'server.log'})")
+        proc, url = start_server(argparse.Namespace(config=args.config, set=sets), work / "data",
+                                 work / "server.log")
     try:
         levels = {}
         for level in sessions:
@@ -388,8 +365,9 @@ def bench_main(args) -> int:
             levels[level] = asyncio.run(run_level(url, level, utterances, turns, config.video.enabled, log))
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(30)
+            from avatar.soak import stop_server
+
+            stop_server(proc)
     offline = None if args.no_baseline else measure_offline(config, utterances, log)
     render = measure_render(config) if config.video.enabled else None
     report = summarise(levels, offline, render)
