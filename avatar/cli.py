@@ -45,9 +45,10 @@ def _progress(line: str) -> None:
 
 
 def cmd_serve(args) -> int:
-    from avatar.runtime import Runtime
+    from avatar.runtime import Runtime, cap_malloc_arenas
     from avatar.server import AvatarServer
 
+    cap_malloc_arenas()
     config = _load_config(args)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port

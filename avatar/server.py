@@ -380,6 +380,8 @@ class AvatarServer:
             turn = session.turn
             speaking = turn is not None and animator.is_speaking(position)
             turn_id = turn.turn_id if speaking else 0
+            if frames and not controls and not speaking and animator.unchanged(position):
+                return turn_id, None  # the client keeps showing the last frame, which looks the same
             if controls:
                 values = animator.controls_at(position)
                 out.send_json({"type": "controls", "position": position, "turn_id": turn_id,
@@ -405,7 +407,9 @@ class AvatarServer:
         # Messages up to max_message_bytes are read; up to 4x that, they get a too_large error event
         # before the close; beyond, websockets closes the connection (1009) without reading them.
         hard_cap = max(4 * limits.max_message_bytes, limits.max_message_bytes + 65536)
-        async with serve(self.handle, host, port, process_request=self.process_request,
+        # No permessage-deflate: nearly every byte sent is JPEG or PCM, which deflate cannot shrink, and
+        # compressing them cost a fifth of the event loop's CPU with four video sessions.
+        async with serve(self.handle, host, port, process_request=self.process_request, compression=None,
                          max_size=hard_cap, ping_interval=20, ping_timeout=20) as server:
             if on_ready is not None:
                 on_ready(server)

@@ -105,6 +105,8 @@ class ClientReport:
             "av_offset_start_ms": round(statistics.median(head), 1) if head else None,
             "av_offset_end_ms": round(statistics.median(tail), 1) if tail else None,
             "av_offset_max_ms": round(max(offsets), 1) if offsets else None,
+            "av_offset_p95_ms": round(float(np.percentile(offsets, 95)), 1) if offsets else None,
+            "frames_late_over_40ms": sum(o > 40.0 for o in offsets),
             "audio_margin_ms": None if self.audio_margin_ms is None else round(self.audio_margin_ms, 1),
             "closed": self.closed,
         }
@@ -386,7 +388,8 @@ def format_report(report: dict) -> str:
     for s in report["sessions"]:
         lines.append(f"  client {s['client']}: {s['turns']} turns, errors {s['errors'] or 0}, "
                      f"A/V offset at end {s['av_offset_ms']} ms (start {s['av_offset_start_ms']}, "
-                     f"end {s['av_offset_end_ms']}, max {s['av_offset_max_ms']}), {s['video_frames']} frames, "
+                     f"end {s['av_offset_end_ms']}, p95 {s['av_offset_p95_ms']}, max {s['av_offset_max_ms']}), "
+                     f"{s['video_frames']} frames ({s['frames_late_over_40ms']} over 40 ms late), "
                      f"audio margin at end {s['audio_margin_ms']} ms"
                      + (f", closed early: {s['closed']}" if s["closed"] else ""))
     return "\n".join(lines)

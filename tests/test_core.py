@@ -173,3 +173,29 @@ def test_read_wav_takes_pcm16_and_float32_at_any_rate(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF\0\0\0\0WAVEjunk")
     with pytest.raises(ValueError, match="chunks"):
         read_wav(tmp_path / "bad.wav")
+
+
+def test_llm_threads_yield_to_media_and_malloc_arenas_are_capped(monkeypatch):
+    import os
+    import sys
+    import threading
+
+    from avatar.runtime import LLM_NICE, Runtime, cap_malloc_arenas
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priorities and glibc arenas are Linux features")
+    runtime = Runtime(load_config(None), models=None, memory=None)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        nice = runtime.llm_pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+        render_nice = runtime.render_pool.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    finally:
+        for pool in (runtime.asr_pool, runtime.llm_pool, runtime.tts_pool, runtime.render_pool):
+            pool.shutdown()
+    assert nice == min(19, base + LLM_NICE) and render_nice == base
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the rest of the process keeps its priority
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert cap_malloc_arenas() is False  # the deployer's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert cap_malloc_arenas() is True

@@ -312,6 +312,33 @@ def test_animator_audio_only_and_determinism(face):
     assert [b.controls_at(p) for p in positions[:5]] == [a.controls_at(p) for p in positions[:5]]
 
 
+
+def test_animator_skips_only_frames_that_look_the_same(face):
+    """A resting face skips about half its frames; a skipped frame differs from the one on screen no more
+    than consecutive frames do; blinks and speech are never skipped; a still face is refreshed every second."""
+    live = FaceAnimator(face, fps=25, sample_rate=SR, seed=3)
+    truth = FaceAnimator(face, fps=25, sample_rate=SR, seed=3)
+    live.add_speech(4 * SR, np.full(SR, 8000, np.int16), phonemes("a m a m a m a m", step=0.12))
+    step = SR // 25
+    shown, shown_at, skipped, skip_diffs, consecutive, previous = None, 0, [], [], [], None
+    for i in range(8 * 25):
+        position = i * step
+        frame = truth.frame_at(position).astype(np.float32)
+        if previous is not None:
+            consecutive.append(np.percentile(np.abs(frame - previous), 99.9))
+        previous = frame
+        if live.unchanged(position):
+            skipped.append(position)
+            skip_diffs.append(np.percentile(np.abs(frame - shown), 99.9))
+            assert position - shown_at < SR  # refreshed at least once a second
+        else:
+            shown, shown_at = live.frame_at(position).astype(np.float32), position
+    resting = [p for p in range(0, 8 * SR, step) if not 4 * SR - SR // 4 <= p < 5 * SR + SR // 2]
+    assert 0.3 < sum(p in resting for p in skipped) / len(resting) < 0.8
+    assert not any(live.is_speaking(p) or live.controls_at(p)["jaw_open"] > 0.02 for p in skipped)
+    assert not any(live.controls_at(p)["blink_left"] > 0.05 for p in skipped)
+    assert max(skip_diffs) <= max(consecutive)
+
 # -- offline ----------------------------------------------------------------------------------------
 def test_render_mp4_duration(face, tmp_path):
     av = pytest.importorskip("av")

@@ -28,6 +28,13 @@ LEAD = 0.15  # the mouth may start moving this long before the chunk's audio (an
 TAIL = 0.30  # and settles this long after it
 RELEASE = 0.025  # time constant of the mouth closing after clear_speech (s)
 CHANNELS = MOUTH + ("brow", "head_pitch")
+# How far a control may move before a frame looks different from the last one sent (see ``unchanged``):
+# at most about a quarter of a pixel at the edge of a 512x512 face. Angles are in degrees.
+# Measured on the astronaut: a resting face then skips about half its frames, and a skipped frame differs
+# from the one shown by no more than two consecutive frames at 25 fps do.
+STILL_TOLERANCE = {name: 0.015 for name in CONTROLS} | {"breath": 0.05, "head_yaw": 0.06, "head_pitch": 0.06,
+                                                        "head_roll": 0.06}
+STILL_MAX_AGE_S = 1.0  # even a still face gets a fresh frame this often
 
 
 @dataclass
@@ -59,6 +66,7 @@ class FaceAnimator:
         self._speech: list[_Speech] = []
         self._lock = threading.Lock()
         self._last_jpeg: tuple[int, bytes] | None = None
+        self._last_controls: tuple[int, dict[str, float]] | None = None  # of the last frame rendered
 
     # -- speech on the timeline -------------------------------------------------------------------
     def add_speech(self, position: int, chunk_audio: np.ndarray, phonemes: Sequence | None = None) -> None:
@@ -141,7 +149,19 @@ class FaceAnimator:
 
     def frame_at(self, position: int) -> np.ndarray:
         """The BGR frame (size x size) shown at timeline sample ``position``."""
-        return self.renderer.render(self.controls_at(position))
+        controls = self.controls_at(position)
+        self._last_controls = (position, controls)
+        return self.renderer.render(controls)
+
+    def unchanged(self, position: int) -> bool:
+        """True when the frame at ``position`` would look like the last frame rendered, so the client can
+        keep showing that one. A resting face moves slowly (head sway, breathing): skipping its
+        near-identical frames frees the CPU for the frames that carry speech and blinks."""
+        last = self._last_controls
+        if last is None or not 0 <= position - last[0] < STILL_MAX_AGE_S * self.sample_rate:
+            return False
+        now = self.controls_at(position)
+        return all(abs(now[name] - last[1][name]) <= tol for name, tol in STILL_TOLERANCE.items())
 
     def jpeg_at(self, position: int) -> bytes:
         """``frame_at`` encoded as JPEG (quality ``quality``)."""
