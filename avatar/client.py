@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 from websockets.asyncio.client import connect
 
+from avatar.audio import resample_linear
 from avatar.protocol import INPUT_SAMPLE_RATE, KIND_AUDIO, KIND_VIDEO, parse_media_frame
 
 FRAME_S = 0.02  # microphone frames of 20 ms, like a browser AudioWorklet sends
@@ -54,10 +55,7 @@ def read_wav(path: str | Path, rate: int = INPUT_SAMPLE_RATE) -> np.ndarray:
                          f"(this one has format {tag}, {bits}-bit samples)")
     if channels > 1:
         audio = audio[: len(audio) - len(audio) % channels].reshape(-1, channels).mean(axis=1)
-    if src_rate != rate and len(audio):
-        n = int(round(len(audio) * rate / src_rate))
-        audio = np.interp(np.linspace(0, len(audio) - 1, n), np.arange(len(audio)), audio).astype(np.float32)
-    return audio
+    return resample_linear(audio, src_rate, rate)
 
 
 def write_wav(path: str | Path, pcm: np.ndarray, rate: int) -> None:

@@ -16,6 +16,7 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 
+from avatar.audio import resample_linear
 from avatar.config import Config
 from avatar.errors import StageError
 from avatar.memory import MemoryStore
@@ -27,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ASR_THREADS = 2
 TTS_THREADS = 2
 RENDER_THREADS = 2
+MALLOC_ARENAS = 2  # glibc heaps, see cap_malloc_arenas
 LLM_NICE = 5  # added to the niceness of LLM threads (Linux: per thread): a 3:1 share against other stages
 # One sentence nearly as long as the longest clause the reply splitter hands to TTS (avatar.clauses, max_chars
 # 220): the memory TTS needs grows with the sentence.
@@ -99,11 +101,12 @@ class Runtime:
         return runtime
 
     def warm_up(self, progress: Callable[[str], None]) -> None:
-        """Run every model before the first user arrives, on the threads that will run it in service, with
-        work as large as service brings: the first calls of a fresh model pay for page faults and
-        allocations (seconds for the LLM), the LLM keeps the system prompt's KV cache that every new
-        conversation starts with, and memory pools (onnxruntime's arena, CTranslate2's buffers, glibc's
-        per-thread heaps) reach their working size now, so resident memory stays flat in service."""
+        """Run every model before the first user arrives (ASR, TTS and the renderer on each of the threads
+        that run them in service), with work as large as service brings: the first calls of a fresh model
+        pay for page faults and allocations (seconds for the LLM), the LLM keeps the system prompt's KV
+        cache that every new conversation starts with, and memory pools (onnxruntime's arena, CTranslate2's
+        buffers, glibc's per-thread heaps) reach their working size now, so resident memory stays flat in
+        service."""
         from avatar.memory import build_prompt
 
         t0 = time.monotonic()
@@ -116,10 +119,7 @@ class Runtime:
 
         speech = [f.result() for f in [self.tts_pool.submit(speak) for _ in range(TTS_THREADS)]][0]
         # Real speech, so that the recogniser decodes words rather than an empty window.
-        rate = models.asr.sample_rate
-        n = int(len(speech) * rate / self.output_rate)
-        heard = np.interp(np.linspace(0, len(speech) - 1, n), np.arange(len(speech)), speech / 32768.0)
-        heard = heard.astype(np.float32)
+        heard = resample_linear(speech / 32768.0, self.output_rate, models.asr.sample_rate)
         for f in [self.asr_pool.submit(models.asr.transcribe, heard, language=language) for _ in range(ASR_THREADS)]:
             f.result()
         if self.faces is not None and self.faces.names:
@@ -244,9 +244,6 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
     except (AttributeError, OSError):  # not Linux, where priorities are per process: leave it
         pass
-
-
-MALLOC_ARENAS = 2
 
 
 def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
