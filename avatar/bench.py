@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from avatar.client import read_wav, speech_end_seconds, talk, write_wav
+from avatar.events import LATENCY_STAGES
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -34,7 +35,6 @@ QUESTIONS = [
 ]
 AUDIOEVAL = "pytest-audioeval==0.1.3"  # ships short English WAVs with transcripts
 TARGET_MS = 1500.0
-STAGES = ("endpoint", "asr_final", "llm_first_token", "first_clause", "tts_first_audio", "audio_out", "first_frame")
 
 
 def add_bench_arguments(p) -> None:
@@ -128,7 +128,7 @@ def _record(utterance: Utterance, sessions: int, result) -> TurnRecord:
     offset = None
     if first_audio and first_frame:
         offset = round((first_frame["position"] - first_audio["position"]) * 1000.0 / result.output_rate, 1)
-    stages = {name: result.latency.get(f"{name}_ms") for name in STAGES}
+    stages = {name: result.latency.get(f"{name}_ms") for name in LATENCY_STAGES}
     errors = [e["message"] for e in result.events if e["type"] == "error"]
     return TurnRecord(utterance.name, sessions, summary["latency_ms"]["voice_to_voice"],
                       summary["latency_ms"]["first_frame"], offset, stages, "; ".join(errors) or None)
@@ -215,12 +215,13 @@ def measure_offline(config, utterances: list[Utterance], log) -> dict:
 
 
 def _make_animator(config, sample_rate: int):
-    from avatar.face import FaceAnimator, FaceLibrary
-    from avatar.runtime import REPO_ROOT
+    from avatar.face import FaceLibrary
+    from avatar.media import build_animator
+    from avatar.services import REPO_ROOT
 
     faces = FaceLibrary([REPO_ROOT / "faces"], size=config.video.size)
-    return FaceAnimator(faces.get(config.persona.face if config.persona.face in faces.names else faces.names[0]),
-                        fps=config.video.fps, sample_rate=sample_rate)
+    face = faces.get(config.persona.face if config.persona.face in faces.names else faces.names[0])
+    return build_animator(face, sample_rate=sample_rate, video=config.video)
 
 
 def measure_render(config, seconds: float = 4.0) -> dict:
@@ -261,7 +262,7 @@ def summarise(levels: dict[int, list[TurnRecord]], offline: dict | None, render:
             "voice_to_voice": _stats(r.voice_to_voice for r in records),
             "first_frame": _stats(r.first_frame for r in records),
             "av_offset_ms": _stats(r.av_offset_ms for r in records),
-            "stages": {name: _stats(r.stages.get(name) for r in records) for name in STAGES},
+            "stages": {name: _stats(r.stages.get(name) for r in records) for name in LATENCY_STAGES},
         }
         report["levels"][str(sessions)] = level
         p95 = level["voice_to_voice"]["p95"]
@@ -328,13 +329,13 @@ def plot(report: dict, path: Path) -> None:
 
 
 def bench_main(args) -> int:
-    from avatar.cli import _load_config
+    from avatar.config import config_from_args
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     started = time.monotonic()
-    config = _load_config(args)
+    config = config_from_args(args)
     if args.no_video:
         config.video.enabled = False
     sessions = [1] if args.quick else [int(s) for s in args.sessions.split(",") if s.strip()]

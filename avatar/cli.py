@@ -13,31 +13,10 @@ from avatar import __version__
 from avatar.errors import AvatarError
 
 
-def _parse_sets(items: list[str]) -> dict:
-    """--set section.key=value (value parsed as TOML: numbers, true/false, "strings" or bare words)."""
-    import tomllib
-
-    overrides: dict = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise SystemExit(f"--set takes section.key=value (e.g. llm.model=smollm2-135m), got {item!r}")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # a bare word
-        overrides.setdefault(section, {})[name] = value
-    return overrides
-
-
 def _load_config(args):
-    from avatar.config import load_config
+    from avatar.config import config_from_args
 
-    overrides = _parse_sets(getattr(args, "set", None) or [])
-    if getattr(args, "data_dir", None):
-        overrides.setdefault("server", {})["data_dir"] = str(args.data_dir)
-    return load_config(args.config, overrides)
+    return config_from_args(args)
 
 
 def _progress(line: str) -> None:
@@ -45,14 +24,14 @@ def _progress(line: str) -> None:
 
 
 def cmd_serve(args) -> int:
-    from avatar.runtime import Runtime, cap_malloc_arenas
+    from avatar.services import Services, cap_malloc_arenas
     from avatar.server import AvatarServer
 
     cap_malloc_arenas()
     config = _load_config(args)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    runtime = Runtime.load(config, progress=_progress)
+    runtime = Services.load(config, progress=_progress)
     server = AvatarServer(runtime)
 
     def ready(ws_server) -> None:

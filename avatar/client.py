@@ -19,6 +19,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 from avatar.audio import resample_linear
+from avatar.events import LATENCY_STAGES
 from avatar.protocol import INPUT_SAMPLE_RATE, KIND_AUDIO, KIND_VIDEO, parse_media_frame
 
 FRAME_S = 0.02  # microphone frames of 20 ms, like a browser AudioWorklet sends
@@ -115,13 +116,80 @@ class TalkResult:
             "latency_ms": {
                 "voice_to_voice": v2v,
                 "first_frame": first_frame,
-                "endpoint": self.latency.get("endpoint_ms"),
-                "asr_final": self.latency.get("asr_final_ms"),
-                "llm_first_token": self.latency.get("llm_first_token_ms"),
-                "first_clause": self.latency.get("first_clause_ms"),
-                "tts_first_audio": self.latency.get("tts_first_audio_ms"),
+                # the server's own marks, up to the first audio it sent (events.LATENCY_STAGES)
+                **{stage: self.latency.get(f"{stage}_ms") for stage in LATENCY_STAGES[:5]},
             },
         }
+
+
+class ProtocolClient:
+    """One connection, from the client's side: sends ``hello``, parses every server message into an event
+    dict (media frames become ``{"type": "audio"|"video_frame", "turn_id", "position", ...}`` with their
+    payload), and keeps the bookkeeping every client needs: the ``ready`` message, the output rate and the
+    turns still open. ``avatar talk``, ``avatar soak``, ``avatar bench`` and the tests all use it."""
+
+    def __init__(self, ws, on_event: Callable[[dict, bytes | None, float], None] | None = None):
+        self.ws = ws
+        self.on_event = on_event or (lambda event, payload, at: None)
+        self.ready: dict | None = None
+        self.ready_at: float | None = None
+        self.output_rate = 22050
+        self.turns_open: set[int] = set()
+        self.turn_ended = asyncio.Event()  # set when a turn ends and no other is open
+        self.turn_started = asyncio.Event()
+
+    @staticmethod
+    def hello(*, video: bool = True, session_id: str | None = None, resume_key: str | None = None,
+              user_id: str | None = None, user_key: str | None = None, **fields) -> dict:
+        """The first message. ``session_id`` may be "SESSION_ID:RESUME_KEY" (``TalkResult.session_id``)."""
+        hello = {"type": "hello", "video": video, **fields}
+        if session_id:
+            if resume_key is None and ":" in session_id:
+                session_id, _, resume_key = session_id.rpartition(":")
+            hello["session_id"] = session_id
+            if resume_key:
+                hello["resume_key"] = resume_key
+        if user_id:
+            hello["user_id"] = user_id
+            if user_key:
+                hello["user_key"] = user_key
+        return hello
+
+    async def send_json(self, message: dict) -> None:
+        await self.ws.send(json.dumps(message))
+
+    def parse(self, message: str | bytes) -> tuple[dict | None, bytes | None]:
+        if isinstance(message, bytes):
+            kind, turn_id, position, payload = parse_media_frame(message)
+            if kind == KIND_AUDIO:
+                return {"type": "audio", "turn_id": turn_id, "position": position, "samples": len(payload) // 2}, \
+                    payload
+            if kind == KIND_VIDEO:
+                return {"type": "video_frame", "turn_id": turn_id, "position": position, "bytes": len(payload)}, \
+                    payload
+            return None, None
+        return json.loads(message), None
+
+    async def receive(self) -> None:
+        """Read until the connection closes."""
+        async for message in self.ws:
+            now = time.monotonic()
+            event, payload = self.parse(message)
+            if event is None:
+                continue
+            kind = event.get("type")
+            if kind == "ready":
+                self.ready, self.ready_at = event, now
+                self.output_rate = event.get("audio", {}).get("output_rate", self.output_rate)
+            elif kind == "turn_start":
+                self.turns_open.add(event["turn_id"])
+                self.turn_ended.clear()
+                self.turn_started.set()
+            elif kind == "turn_end":
+                self.turns_open.discard(event["turn_id"])
+            self.on_event(event, payload, now)
+            if kind == "turn_end" and not self.turns_open:
+                self.turn_ended.set()
 
 
 async def talk(
@@ -148,84 +216,52 @@ async def talk(
         audio = read_wav(wav)
     result = TalkResult()
     emit = on_event or (lambda event: None)
+
+    def record(event: dict, payload: bytes | None, now: float) -> None:
+        kind = event["type"]
+        if kind == "audio":
+            result.audio.append(np.frombuffer(payload, dtype="<i2"))
+            if result.first_audio_at is None:
+                result.first_audio_at = now
+        elif kind == "video_frame":
+            result.video_frames += 1
+            if event["turn_id"] and result.first_frame_at is None:
+                result.first_frame_at = now
+        elif kind == "ready":
+            result.server_session_id = event["session_id"]
+            result.resume_key = event.get("resume_key")
+            result.session_id = (f"{event['session_id']}:{result.resume_key}" if result.resume_key
+                                 else event["session_id"])
+            result.user_id = event.get("user_id")
+            result.user_key = event.get("user_key")
+            result.output_rate = event["audio"]["output_rate"]
+        elif kind == "transcript" and event.get("final"):
+            result.transcript = (result.transcript + " " + event["text"]).strip()
+        elif kind == "turn_end":
+            result.reply = (result.reply + " " + event["reply"]).strip()
+        elif kind == "latency" and not result.latency:
+            result.latency = event
+        result.events.append(event)
+        emit(event)
+
     async with connect(url, max_size=None, open_timeout=30) as ws:
-        hello = {"type": "hello", "video": video}
-        if session_id:
-            if resume_key is None and ":" in session_id:
-                session_id, _, resume_key = session_id.rpartition(":")
-            hello["session_id"] = session_id
-            if resume_key:
-                hello["resume_key"] = resume_key
-        if user_id:
-            hello["user_id"] = user_id
-            if user_key:
-                hello["user_key"] = user_key
-        await ws.send(json.dumps(hello))
-        done = asyncio.Event()
-        input_finished = asyncio.Event()
-        turns_open: set[int] = set()
-
-        async def receive() -> None:
-            async for message in ws:
-                now = time.monotonic()
-                if isinstance(message, bytes):
-                    kind, turn_id, position, payload = parse_media_frame(message)
-                    if kind == KIND_AUDIO:
-                        result.audio.append(np.frombuffer(payload, dtype="<i2"))
-                        if result.first_audio_at is None:
-                            result.first_audio_at = now
-                        event = {"type": "audio", "turn_id": turn_id, "position": position,
-                                 "samples": len(payload) // 2}
-                    elif kind == KIND_VIDEO:
-                        result.video_frames += 1
-                        if turn_id and result.first_frame_at is None:
-                            result.first_frame_at = now
-                        event = {"type": "video_frame", "turn_id": turn_id, "position": position,
-                                 "bytes": len(payload)}
-                    else:
-                        continue
-                else:
-                    event = json.loads(message)
-                    kind = event.get("type")
-                    if kind == "ready":
-                        result.server_session_id = event["session_id"]
-                        result.resume_key = event.get("resume_key")
-                        result.session_id = (f"{event['session_id']}:{result.resume_key}" if result.resume_key
-                                             else event["session_id"])
-                        result.user_id = event.get("user_id")
-                        result.user_key = event.get("user_key")
-                        result.output_rate = event["audio"]["output_rate"]
-                    elif kind == "transcript" and event.get("final"):
-                        result.transcript = (result.transcript + " " + event["text"]).strip()
-                    elif kind == "turn_start":
-                        turns_open.add(event["turn_id"])
-                        done.clear()
-                    elif kind == "turn_end":
-                        turns_open.discard(event["turn_id"])
-                        result.reply = (result.reply + " " + event["reply"]).strip()
-                    elif kind == "latency" and not result.latency:
-                        result.latency = event
-                    if kind == "turn_end" and not turns_open:
-                        done.set()
-                result.events.append(event)
-                emit(event)
-
-        receiver = asyncio.create_task(receive())
+        client = ProtocolClient(ws, record)
+        await client.send_json(client.hello(video=video, session_id=session_id, resume_key=resume_key,
+                                            user_id=user_id, user_key=user_key))
+        receiver = asyncio.create_task(client.receive())
         try:
             if text is not None:
                 result.speech_end_at = time.monotonic()
-                await ws.send(json.dumps({"type": "text", "text": text}))
-                input_finished.set()
-                await asyncio.wait_for(done.wait(), timeout)
+                await client.send_json({"type": "text", "text": text})
+                await asyncio.wait_for(client.turn_ended.wait(), timeout)
             else:
-                await _stream_audio(ws, audio, result, input_finished, done, timeout)
+                await _stream_audio(ws, audio, result, client.turn_ended, timeout)
         finally:
             receiver.cancel()
     return result
 
 
-async def _stream_audio(ws, audio, result: TalkResult, input_finished: asyncio.Event, done: asyncio.Event,
-                        timeout: float) -> None:
+async def _stream_audio(ws, audio, result: TalkResult, done: asyncio.Event, timeout: float) -> None:
     """Send audio paced in real time, then silence until the reply is over (a live microphone)."""
     hop = int(INPUT_SAMPLE_RATE * FRAME_S)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
@@ -236,10 +272,8 @@ async def _stream_audio(ws, audio, result: TalkResult, input_finished: asyncio.E
     deadline = start + len(audio) / INPUT_SAMPLE_RATE + timeout
     while time.monotonic() < deadline:
         chunk = pcm[sent : sent + hop].tobytes() if sent < len(pcm) else silence
-        if sent >= len(pcm):
-            input_finished.set()
-            if done.is_set():
-                return
+        if sent >= len(pcm) and done.is_set():
+            return
         await ws.send(chunk)
         sent += hop
         delay = start + sent / INPUT_SAMPLE_RATE - time.monotonic()

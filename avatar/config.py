@@ -1,6 +1,6 @@
 """Configuration: one TOML file, every key optional. ``avatar serve --config FILE``.
 
-Sections mirror the pipeline: [server], [persona], [vad], [asr], [llm], [tts], [video], [memory], [limits].
+Sections mirror the pipeline: [server], [persona], [vad], [turn], [asr], [llm], [tts], [video], [memory], [limits].
 Unknown keys are an error (a typo should not silently fall back to a default).
 """
 
@@ -12,8 +12,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import logging
+
 from avatar.errors import ConfigError
-from avatar.vad.base import EndpointerConfig
+
+log = logging.getLogger(__name__)
 
 
 def default_data_dir() -> Path:
@@ -47,6 +50,33 @@ class PersonaConfig:
     )
     voice: str = "joe-medium"
     face: str = "astronaut"
+
+
+@dataclass
+class EndpointerConfig:
+    """[vad]: when speech starts and ends (avatar/vad/base.py, Endpointer)."""
+
+    threshold: float = 0.5  # speech probability that counts as speech
+    min_speech_ms: int = 96  # speech this long starts an utterance
+    end_silence_ms: int = 480  # silence this long ends it
+    # While the agent is talking, its own voice may leak back through speakers and microphone. The
+    # browser cancels most echo; this guard asks for a clearer, longer run of speech before a barge-in.
+    barge_in_threshold: float = 0.7
+    barge_in_min_speech_ms: int = 160
+
+
+@dataclass
+class TurnConfig:
+    """[turn]: how the listener turns speech into the user's turns (avatar/listener.py)."""
+
+    # Start answering (ASR final, LLM, TTS) at the first silent frame and hold the output back until the
+    # silence has lasted vad.end_silence_ms; drop it if the user goes on. Hides the pipeline in the pause.
+    speculative: bool = True
+    pre_roll_ms: int = 256  # audio kept from before the start decision so the first word is not clipped
+
+
+# Settings that moved: old location -> new location. The old keys still work, with a warning.
+MOVED = {("vad", "speculative"): ("turn", "speculative"), ("vad", "pre_roll_ms"): ("turn", "pre_roll_ms")}
 
 
 @dataclass
@@ -129,6 +159,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     persona: PersonaConfig = field(default_factory=PersonaConfig)
     vad: EndpointerConfig = field(default_factory=EndpointerConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
     asr: ASRConfig = field(default_factory=ASRConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     tts: TTSConfig = field(default_factory=TTSConfig)
@@ -179,4 +210,42 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
+    _move_deprecated(data)
     return _fill(Config, data, "")
+
+
+def _move_deprecated(data: dict) -> None:
+    """Old keys (``MOVED``) still work: their values go to the new place, with a warning that says where."""
+    for (section, key), (new_section, new_key) in MOVED.items():
+        values = data.get(section)
+        if isinstance(values, dict) and key in values:
+            value = values.pop(key)
+            log.warning("config: '%s.%s' is deprecated; use '%s.%s' (the value %r is used there)", section, key,
+                        new_section, new_key, value)
+            target = data.setdefault(new_section, {})
+            if isinstance(target, dict):
+                target.setdefault(new_key, value)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``--set section.key=value`` (value parsed as TOML: numbers, true/false, "strings" or bare words)."""
+    overrides: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set takes section.key=value (e.g. llm.model=smollm2-135m), got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word
+        overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def config_from_args(args) -> Config:
+    """The configuration a command asked for: ``--config FILE``, ``--set`` overrides, ``--data-dir``."""
+    overrides = parse_overrides(getattr(args, "set", None) or [])
+    if getattr(args, "data_dir", None):
+        overrides.setdefault("server", {})["data_dir"] = str(args.data_dir)
+    return load_config(getattr(args, "config", None), overrides)

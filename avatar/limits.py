@@ -15,7 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from avatar.protocol import INPUT_SAMPLE_RATE, error_event
+from avatar.events import ErrorRaised, Event, TurnStarted
+from avatar.protocol import INPUT_SAMPLE_RATE
 
 REPORT_EVERY_S = 2.0
 
@@ -69,8 +70,8 @@ class LimitHit:
     message: str
     code: str = "rate_limited"
 
-    def event(self) -> dict:
-        return {**error_event(self.code, self.message), "limit": self.limit}
+    def error(self, *, fatal: bool = False) -> ErrorRaised:
+        return ErrorRaised(self.code, self.message, fatal=fatal, limit=self.limit)
 
 
 class ConnectionGuard:
@@ -120,9 +121,9 @@ class ConnectionGuard:
                         f"more than {self.limits.turns_per_minute} turns in a minute (limits.turns_per_minute); "
                         "wait a little before the next one")
 
-    def observe(self, event: dict) -> None:
-        """Outbound observer: every turn the agent starts answering (typed or spoken) counts."""
-        if event.get("type") == "turn_start":
+    def observe(self, event: Event) -> None:
+        """Event bus subscriber: every turn the agent starts answering (typed or spoken) counts."""
+        if isinstance(event, TurnStarted):
             self.turns.add()
 
     def should_report(self, hit: LimitHit) -> bool:

@@ -1,8 +1,8 @@
 """Prometheus metrics in the text exposition format (version 0.0.4), written by hand: no dependency.
 
-``ServerMetrics`` is fed by the server: every event a session sends passes through ``observe_event``
-(turn_end, latency, interrupt, error), connections and refusals are counted by the server, and the
-per-connection video counters are folded in when a connection closes. ``render()`` is the body of
+``ServerMetrics`` subscribes to every connection's event bus (``observe``: typed events from
+avatar/events.py: turns ended with their latency, interruptions, errors), connections and refusals are
+counted by the server, and the per-connection video counters are folded in when a connection closes. ``render()`` is the body of
 ``GET /metrics``.
 """
 
@@ -14,9 +14,9 @@ import threading
 import time
 from typing import Callable, Iterable
 
+from avatar.events import LATENCY_STAGES, ErrorRaised, Event, Interrupted, TurnEnded
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-LATENCY_STAGES = ("endpoint", "asr_final", "llm_first_token", "first_clause", "tts_first_audio", "audio_out",
-                  "first_frame")
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
@@ -197,36 +197,34 @@ class ServerMetrics:
         r.add(Gauge("process_resident_memory_bytes", "Resident memory of the server process.",
                     fn=lambda: resident_memory_bytes()))
         r.add(Gauge("process_open_fds", "Open file descriptors of the server process.", fn=_open_fds))
-        self._outbounds: set = set()
+        self._timelines: set = set()
         self._frames_folded = [0, 0]  # sent, dropped by connections already closed
 
     # -- feeds --------------------------------------------------------------------------------------
-    def observe_event(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "turn_end":
-            pass  # counted with its latency event, which says where the turn came from
-        elif kind == "latency":
-            self.turns.inc(source=event.get("source", "?"))
+    def observe(self, event: Event) -> None:
+        """Event bus subscriber (avatar/events.py)."""
+        if isinstance(event, TurnEnded):
+            self.turns.inc(source=event.source)
             for stage in LATENCY_STAGES:
-                value = event.get(f"{stage}_ms")
-                if isinstance(value, (int, float)):
+                value = event.latency_ms.get(stage)
+                if value is not None:
                     self.latency.observe(value / 1000.0, stage=stage)
-        elif kind == "interrupt":
-            self.interruptions.inc(reason=event.get("reason", "?"))
-        elif kind == "error":
-            self.errors.inc(code=event.get("code", "?"))
+        elif isinstance(event, Interrupted):
+            self.interruptions.inc(reason=event.reason)
+        elif isinstance(event, ErrorRaised):
+            self.errors.inc(code=event.code)
 
-    def track(self, outbound) -> None:
-        self._outbounds.add(outbound)
+    def track(self, timeline) -> None:
+        self._timelines.add(timeline)
 
-    def untrack(self, outbound) -> None:
-        if outbound in self._outbounds:
-            self._outbounds.discard(outbound)
-            self._frames_folded[0] += outbound.frames_sent
-            self._frames_folded[1] += outbound.frames_dropped
+    def untrack(self, timeline) -> None:
+        if timeline in self._timelines:
+            self._timelines.discard(timeline)
+            self._frames_folded[0] += timeline.frames_sent
+            self._frames_folded[1] += timeline.frames_dropped
 
     def render(self) -> str:
-        live = list(self._outbounds)
+        live = list(self._timelines)
         sent = self._frames_folded[0] + sum(o.frames_sent for o in live)
         dropped = self._frames_folded[1] + sum(o.frames_dropped for o in live)
         self.frames_sent._values[()] = float(sent)

@@ -1,6 +1,7 @@
 """The server: the web page over HTTP and the conversation WebSocket at /ws, on one port.
 
-Models are loaded once (``Runtime``); each connection gets its own ``Session`` and ``Outbound``.
+Models are loaded once (``Services``); each connection gets its own ``MediaTimeline`` and event bus, and at
+its first message a ``Session`` from the session factory (avatar/factory.py).
 A problem with one connection (bad message, failed stage) is reported to that client and never takes
 the server or the other sessions down.
 
@@ -19,39 +20,40 @@ import mimetypes
 import signal
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from avatar import faults
-from avatar.access import AccessPolicy, Refusal, admit
-from avatar.errors import AvatarError, FaceError, ProtocolError
+from avatar.access import AccessPolicy, Refusal
+from avatar.errors import AvatarError, ProtocolError
+from avatar.events import ErrorRaised, EventBus, Pong
+from avatar.factory import SessionFactory
 from avatar.limits import AddressBook, ConnectionGuard, LimitHit
-from avatar.memory import Turn
 from avatar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from avatar.metrics import ServerMetrics
-from avatar.outbound import Outbound
-from avatar.protocol import error_event, parse_audio_message, parse_text_message
-from avatar.runtime import REPO_ROOT, Runtime
+from avatar.protocol import parse_audio_message, parse_text_message
+from avatar.services import REPO_ROOT, Services
 from avatar.session import Session
+from avatar.timeline import MediaTimeline
 
 log = logging.getLogger(__name__)
 
 
 class AvatarServer:
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
-        cfg = runtime.config
+    def __init__(self, services: Services):
+        self.services = services
+        cfg = services.config
         self.web_root = Path(cfg.server.web_root or REPO_ROOT / "web_client").resolve()
         self.sessions: set[Session] = set()
         self.started = time.time()
         self.turns_total = 0
         self.access = AccessPolicy(cfg.server, bind_host=cfg.server.host, data_dir=cfg.data_path)
         self.addresses = AddressBook()  # open connections per client address
-        self.connections: dict[ServerConnection, Outbound] = {}
+        self.factory = SessionFactory(services)
+        self.connections: dict[ServerConnection, tuple[MediaTimeline, EventBus]] = {}
         self.metrics = ServerMetrics(sessions=lambda: len(self.sessions), connections=self.addresses.total)
         self.closing = False
 
@@ -82,7 +84,7 @@ class AvatarServer:
         return self._static(path)
 
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Refusal | None:
-        limits = self.rt.config.limits
+        limits = self.services.config.limits
         refusal = self.access.check_ws(request.path, request.headers)
         if refusal is not None:
             return refusal
@@ -104,21 +106,21 @@ class AvatarServer:
         return response
 
     def _health(self) -> dict:
-        rt = self.rt
-        models = {name: getattr(rt.models, name, None) is not None for name in ("vad", "asr", "llm", "tts")}
-        memory_ok = rt.memory.ping()
+        services = self.services
+        models = {name: getattr(services.models, name, None) is not None for name in ("vad", "asr", "llm", "tts")}
+        memory_ok = services.memory.ping()
         health = {
             "status": "ok" if all(models.values()) and memory_ok and not self.closing else "unavailable",
-            "models": models, "memory": memory_ok, "video": rt.faces is not None,
-            "faces": len(rt.faces.names) if rt.faces is not None else 0,
+            "models": models, "memory": memory_ok, "video": services.faces is not None,
+            "faces": len(services.faces.names) if services.faces is not None else 0,
             "sessions": len(self.sessions), "connections": self.addresses.total(),
-            "max_sessions": rt.config.limits.max_sessions, "uptime_s": round(time.time() - self.started, 1),
+            "max_sessions": services.config.limits.max_sessions, "uptime_s": round(time.time() - self.started, 1),
             "token_required": self.access.required,
         }
         if self.closing:
             health["closing"] = True
-        if rt.faults:
-            health["faults"] = [str(f) for f in rt.faults]
+        if services.faults:
+            health["faults"] = [str(f) for f in services.faults]
         return health
 
     def _static(self, path: str) -> Response:
@@ -140,66 +142,69 @@ class AvatarServer:
 
     # -- WebSocket ---------------------------------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
-        rt = self.rt
-        limits = rt.config.limits
-        outbound = self._new_outbound(ws)
+        services = self.services
+        limits = services.config.limits
         guard = ConnectionGuard(limits)
-        outbound.observers.append(guard.observe)
-        sender = asyncio.create_task(outbound.run())
+        bus = EventBus()
+        timeline = self._new_timeline(ws, bus)
+        bus.subscribe(timeline.send_event)
+        bus.subscribe(self.metrics.observe)
+        bus.subscribe(guard.observe)
+        sender = asyncio.create_task(timeline.run())
         session: Session | None = None
         peer = ws.remote_address[0] if ws.remote_address else "?"
         address = self.access.client_address(ws.remote_address, ws.request.headers if ws.request else None)
         self.addresses.add(address)
-        self.connections[ws] = outbound
-        busy = lambda: session is not None and (session.turn is not None or outbound.is_playing())  # noqa: E731
-        watchdog = asyncio.create_task(self._watch_idle(ws, outbound, guard, busy))
+        self.connections[ws] = (timeline, bus)
+        busy = lambda: session is not None and session.busy()  # noqa: E731
+        watchdog = asyncio.create_task(self._watch_idle(ws, timeline, bus, guard, busy))
         try:
             if self.addresses.count(address) > limits.max_sessions_per_client:  # handshakes that raced
-                await self._close(ws, outbound, {**LimitHit("limits.max_sessions_per_client", f"{address} "
-                                  f"already has {limits.max_sessions_per_client} conversations open").event(),
-                                  "fatal": True}, 1008)
+                await self._close(ws, timeline, bus, LimitHit("limits.max_sessions_per_client", f"{address} "
+                                  f"already has {limits.max_sessions_per_client} conversations open").error(fatal=True),
+                                  1008)
                 return
             async for message in ws:
                 hit = guard.on_message()
                 if hit is not None:
-                    self._limited(outbound, guard, hit)
+                    self._limited(bus, guard, hit)
                     continue
                 if self._too_large(message):
-                    await self._close(ws, outbound, {**LimitHit(
+                    await self._close(ws, timeline, bus, LimitHit(
                         "limits.max_message_bytes", f"a message of {self._size(message)} bytes is over the limit "
                         f"of {limits.max_message_bytes} bytes (limits.max_message_bytes); the connection is "
-                        "closed. Send audio in frames of 20-100 ms", code="too_large").event(), "fatal": True}, 1009)
+                        "closed. Send audio in frames of 20-100 ms", code="too_large").error(fatal=True), 1009)
                     return
                 try:
                     if isinstance(message, bytes):
                         samples = parse_audio_message(message)
                         hit = guard.on_audio(len(samples))
                         if hit is not None:
-                            self._limited(outbound, guard, hit)
+                            self._limited(bus, guard, hit)
                             continue
                         if session is None:
-                            session = self._open_session(outbound, {})
+                            session = self._open_session(timeline, bus, {})
                         session.on_audio(samples)
                         continue
                     parsed = parse_text_message(message)
                     if session is None:
-                        session = self._open_session(outbound, parsed.fields if parsed.type == "hello" else {})
+                        session = self._open_session(timeline, bus, parsed.fields if parsed.type == "hello" else {})
                         if parsed.type == "hello":
                             continue
                     if parsed.type == "text" and (hit := guard.on_text_turn()) is not None:
-                        self._limited(outbound, guard, hit)
+                        self._limited(bus, guard, hit)
                         continue
-                    self._dispatch(session, parsed)
+                    self._dispatch(session, bus, parsed)
                 except AvatarError as exc:
-                    outbound.send_json(error_event(exc.code, exc.message))
+                    bus.emit(ErrorRaised(exc.code, exc.message))
         except ConnectionClosed:
             pass
         except Exception:  # noqa: BLE001 - a bug in one session must not take the server down
             log.exception("session from %s failed", peer)
             try:
-                outbound.send_json(error_event("internal", "the server hit an internal error in this "
-                                               "session; reconnect to continue", fatal=True))
-                await outbound.drain(1.0)
+                bus.emit(ErrorRaised("internal", "the server hit an internal error in this session; reconnect to "
+                                     "continue", fatal=True))
+                await timeline.drain(1.0)
             except Exception:  # noqa: BLE001
                 pass
         finally:
@@ -207,38 +212,37 @@ class AvatarServer:
                 session.close()
                 self.sessions.discard(session)
                 log.info("session %s closed (%s)", session.session_id[:8], peer)
-            outbound.closed = True
+            timeline.close()
             sender.cancel()
             watchdog.cancel()
             self.connections.pop(ws, None)
             self.addresses.remove(address)
-            self.metrics.untrack(outbound)
+            self.metrics.untrack(timeline)
 
-    def _new_outbound(self, ws: ServerConnection) -> Outbound:
-        rt = self.rt
-        limits = rt.config.limits
+    def _new_timeline(self, ws: ServerConnection, bus: EventBus) -> MediaTimeline:
+        services = self.services
+        limits = services.config.limits
 
         def buffered() -> int:
             transport = ws.transport
             return transport.get_write_buffer_size() if transport is not None else 0
 
-        outbound = Outbound(ws.send, sample_rate=rt.output_rate, audio_lead_s=limits.audio_lead_s,
-                            send_stall_s=limits.send_stall_s or None, max_queued_bytes=limits.max_queued_bytes,
-                            buffered=buffered, video_buffer_bytes=limits.video_buffer_bytes,
-                            render_timeout_s=limits.render_timeout_s)
-        outbound.observers.append(self.metrics.observe_event)
-        outbound.on_stall = lambda reason: self._abandon(ws, reason)
-        self.metrics.track(outbound)
-        return outbound
+        timeline = MediaTimeline(ws.send, sample_rate=services.output_rate, audio_lead_s=limits.audio_lead_s,
+                                 emit=bus.emit, on_stall=lambda reason: self._abandon(ws, reason),
+                                 send_stall_s=limits.send_stall_s or None, max_queued_bytes=limits.max_queued_bytes,
+                                 buffered=buffered, video_buffer_bytes=limits.video_buffer_bytes,
+                                 render_timeout_s=limits.render_timeout_s)
+        self.metrics.track(timeline)
+        return timeline
 
     # -- limits ------------------------------------------------------------------------------------------
-    def _limited(self, outbound: Outbound, guard: ConnectionGuard, hit: LimitHit) -> None:
+    def _limited(self, bus: EventBus, guard: ConnectionGuard, hit: LimitHit) -> None:
         self.metrics.rate_limited.inc(limit=hit.limit)
         if guard.should_report(hit):
-            outbound.send_json(hit.event())
+            bus.emit(hit.error())
 
     def _too_large(self, message: str | bytes) -> bool:
-        limit = self.rt.config.limits.max_message_bytes
+        limit = self.services.config.limits.max_message_bytes
         if isinstance(message, str) and len(message) * 4 <= limit:
             return False  # cannot be over the limit in UTF-8: skip the encoding
         return self._size(message) > limit
@@ -247,13 +251,13 @@ class AvatarServer:
     def _size(message: str | bytes) -> int:
         return len(message) if isinstance(message, bytes) else len(message.encode("utf-8"))
 
-    async def _close(self, ws: ServerConnection, outbound: Outbound, event: dict | None, code: int,
-                     reason: str | None = None) -> None:
+    async def _close(self, ws: ServerConnection, timeline: MediaTimeline, bus: EventBus, error: ErrorRaised | None,
+                     code: int, reason: str | None = None) -> None:
         """Tell the client why (an error event), then close the connection with ``code``."""
-        if event is not None:
-            outbound.send_json(event)
-            await outbound.drain(1.0)
-            reason = reason or event.get("limit") or event.get("code", "")
+        if error is not None:
+            bus.emit(error)
+            await timeline.drain(1.0)
+            reason = reason or error.limit or error.code
         self.metrics.closed.inc(reason=str(reason or code))
         try:
             await asyncio.wait_for(ws.close(code, (reason or "")[:120]), 3.0)
@@ -274,10 +278,11 @@ class AvatarServer:
 
         asyncio.get_running_loop().create_task(close())
 
-    async def _watch_idle(self, ws: ServerConnection, outbound: Outbound, guard: ConnectionGuard, busy) -> None:
+    async def _watch_idle(self, ws: ServerConnection, timeline: MediaTimeline, bus: EventBus, guard: ConnectionGuard,
+                          busy) -> None:
         """Close a connection that sent nothing for ``limits.idle_timeout_s`` (a reply in progress counts
         as activity: a client may listen to a long answer without saying anything)."""
-        timeout = self.rt.config.limits.idle_timeout_s
+        timeout = self.services.config.limits.idle_timeout_s
         if timeout <= 0:
             return
         while True:
@@ -285,16 +290,15 @@ class AvatarServer:
             if guard.idle_for() >= timeout and busy():
                 guard.touch()
             elif guard.idle_for() >= timeout:
-                event = {**LimitHit("limits.idle_timeout_s", f"no message from the client for {timeout:g} s "
-                                    "(limits.idle_timeout_s); the connection is closed. Reconnect with your "
-                                    "session_id and resume_key to go on", code="idle_timeout").event(),
-                         "fatal": True}
-                await self._close(ws, outbound, event, 4000, "idle timeout (limits.idle_timeout_s)")
+                error = LimitHit("limits.idle_timeout_s", f"no message from the client for {timeout:g} s "
+                                 "(limits.idle_timeout_s); the connection is closed. Reconnect with your "
+                                 "session_id and resume_key to go on", code="idle_timeout").error(fatal=True)
+                await self._close(ws, timeline, bus, error, 4000, "idle timeout (limits.idle_timeout_s)")
                 return
 
-    def _dispatch(self, session: Session, message) -> None:
+    def _dispatch(self, session: Session, bus: EventBus, message) -> None:
         kind, fields = message.type, message.fields
-        limits = self.rt.config.limits
+        limits = self.services.config.limits
         if kind == "text":
             text = fields["text"].strip()
             if not text:
@@ -305,105 +309,25 @@ class AvatarServer:
         elif kind == "interrupt":
             session.interrupt("client")
         elif kind == "playback":
-            session.out.report_playback(fields["position"])
+            session.report_playback(fields["position"])
         elif kind == "face":
-            self._set_face(session, fields["name"])
+            self.factory.switch_face(session, fields["name"])
         elif kind == "ping":
-            session.out.send_json({"type": "pong"})
+            bus.emit(Pong())
         elif kind == "hello":
             raise ProtocolError("'hello' must be the first message of a connection")
 
-    def _open_session(self, outbound: Outbound, hello: dict) -> Session:
-        rt = self.rt
-        store = rt.memory
-        admission = admit(store, hello)  # resume only with the session's resume_key (avatar/access.py)
-        for code, message in admission.errors:
-            outbound.send_json(error_event(code, message))
-        session_id, user_id, resumed = admission.session_id, admission.user_id, admission.resumed
-        history: list[Turn] = store.history(session_id=session_id, user_id=user_id)
-        face_name = None
-        animator = None
-        video_wanted = hello.get("video", True)
-        controls_wanted = hello.get("controls", False)
-        if rt.faces is not None and (video_wanted or controls_wanted):
-            face_name = hello.get("face") or rt.config.persona.face
-            if face_name not in rt.faces.names:
-                if hello.get("face"):
-                    outbound.send_json(error_event("bad_face", f"unknown face {face_name!r}; known faces: "
-                                                   f"{', '.join(rt.faces.names)}"))
-                face_name = rt.faces.names[0] if rt.faces.names else None
-            if face_name is not None:
-                animator = self._new_animator(face_name)
-        video = controls = None
-        cfg = rt.config.video
-        if animator is not None and video_wanted:
-            video = {"fps": cfg.fps, "width": cfg.size, "height": cfg.size, "format": cfg.format}
-        if animator is not None and controls_wanted:
-            from avatar.face.controls import CONTROLS
-
-            controls = {"fps": cfg.fps, "ranges": {name: list(r) for name, r in CONTROLS.items()}}
-        outbound.send_json({
-            "type": "ready", "session_id": session_id, "resume_key": admission.resume_key, "user_id": user_id,
-            "user_key": admission.user_key, "resumed": resumed,
-            "history": [m for t in history for m in ({"role": "user", "text": t.user_text},
-                                                     {"role": "assistant", "text": t.reply_text})],
-            "persona": {"name": rt.config.persona.name},
-            "audio": {"input_rate": 16000, "output_rate": rt.output_rate},
-            "video": video, "controls": controls, "face": face_name,
-            "faces": list(rt.faces.names) if rt.faces is not None else [],
-        })
-        session = Session(rt, outbound, session_id=session_id, user_id=user_id, history=history,
-                          animator=animator)
-        if animator is not None:
-            self._attach_video(session, frames=video is not None, controls=controls is not None)
+    def _open_session(self, timeline: MediaTimeline, bus: EventBus, hello: dict) -> Session:
+        session = self.factory.open(timeline, hello, emit=bus.emit)
         self.sessions.add(session)
-        self.metrics.sessions_opened.inc(resumed=str(resumed).lower())
-        log.info("session %s opened (user=%s, resumed=%s, %d turns of history)", session_id[:8], user_id,
-                 resumed, len(history))
+        self.metrics.sessions_opened.inc(resumed=str(session.resumed).lower())
         return session
-
-    def _new_animator(self, face_name: str):
-        from avatar.face import FaceAnimator
-
-        cfg = self.rt.config.video
-        animator = FaceAnimator(self.rt.faces.get(face_name), fps=cfg.fps, sample_rate=self.rt.output_rate,
-                                quality=cfg.quality)
-        return faults.wrap_animator(animator, self.rt.faults)  # unchanged unless AVATAR_FAULTS names render
-
-    def _attach_video(self, session: Session, *, frames: bool = True, controls: bool = False) -> None:
-        """Stream the face: JPEG frames, and/or the animation controls for clients that render themselves."""
-        loop = asyncio.get_running_loop()
-        out = session.out
-
-        async def render(position: int) -> tuple[int, bytes | None]:
-            animator = session.animator
-            turn = session.turn
-            speaking = turn is not None and animator.is_speaking(position)
-            turn_id = turn.turn_id if speaking else 0
-            if frames and not controls and not speaking and animator.unchanged(position):
-                return turn_id, None  # the client keeps showing the last frame, which looks the same
-            if controls:
-                values = animator.controls_at(position)
-                out.send_json({"type": "controls", "position": position, "turn_id": turn_id,
-                               "values": {name: round(v, 4) for name, v in values.items()}})
-            jpeg = await loop.run_in_executor(self.rt.render_pool, animator.jpeg_at, position) if frames else None
-            return turn_id, jpeg
-
-        out.fps = self.rt.config.video.fps
-        out.render_frame = render
-
-    def _set_face(self, session: Session, name: str) -> None:
-        if self.rt.faces is None or session.animator is None:
-            raise FaceError("video is off on this server, so there is no face to switch")
-        if name not in self.rt.faces.names:
-            raise FaceError(f"unknown face {name!r}; known faces: {', '.join(self.rt.faces.names)}")
-        session.animator = self._new_animator(name)
 
     # -- running ------------------------------------------------------------------------------------
     async def serve_forever(self, host: str, port: int, *, on_ready=None) -> None:
-        limits = self.rt.config.limits
+        limits = self.services.config.limits
         if host != self.access.bind_host:
-            self.access = AccessPolicy(self.rt.config.server, bind_host=host, data_dir=self.rt.config.data_path)
+            self.access = AccessPolicy(self.services.config.server, bind_host=host, data_dir=self.services.config.data_path)
         # Messages up to max_message_bytes are read; up to 4x that, they get a too_large error event
         # before the close; beyond, websockets closes the connection (1009) without reading them.
         hard_cap = max(4 * limits.max_message_bytes, limits.max_message_bytes + 65536)
@@ -434,13 +358,14 @@ class AvatarServer:
                 session.interrupt("shutdown")
             except Exception:  # noqa: BLE001 - one session must not keep the others from closing cleanly
                 log.exception("ending session %s", session.session_id[:8])
-        grace = self.rt.config.limits.shutdown_grace_s
+        grace = self.services.config.limits.shutdown_grace_s
         connections = list(self.connections.items())
-        for _, outbound in connections:
-            outbound.send_json(error_event("shutdown", "the server is shutting down; reconnect in a moment and "
-                                           "send your session_id and resume_key to go on", fatal=True))
+        for _, (_, bus) in connections:
+            bus.emit(ErrorRaised("shutdown", "the server is shutting down; reconnect in a moment and send your "
+                                 "session_id and resume_key to go on", fatal=True))
         if connections:
-            await asyncio.wait([asyncio.ensure_future(out.drain(grace)) for _, out in connections], timeout=grace)
+            await asyncio.wait([asyncio.ensure_future(timeline.drain(grace)) for _, (timeline, _) in connections],
+                               timeout=grace)
 
             async def close(ws: ServerConnection) -> None:
                 try:

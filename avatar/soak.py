@@ -32,7 +32,8 @@ import numpy as np
 
 from avatar.access import is_loopback_host
 from avatar.metrics import parse_text_format
-from avatar.protocol import INPUT_SAMPLE_RATE, KIND_AUDIO, KIND_VIDEO, parse_media_frame
+from avatar.client import ProtocolClient
+from avatar.protocol import INPUT_SAMPLE_RATE
 
 FRAME_S = 0.02
 PLAYBACK_EVERY_S = 0.3
@@ -119,10 +120,7 @@ class SoakClient:
         self.deadline = deadline
         self.speech = speech
         self.report = ClientReport(index)
-        self.rate = 22050
-        self.t0: float | None = None  # when the audio clock started (ready)
-        self.turn_ended = asyncio.Event()
-        self.turn_started = asyncio.Event()
+        self.client: ProtocolClient | None = None
         self.input_end: float | None = None
         self.first_audio_pending = False
         self.last_audio: dict[int, int] = {}
@@ -131,9 +129,9 @@ class SoakClient:
 
     def clock(self, at: float | None = None) -> int:
         """The simulated audio output clock: a sound card that started when `ready` arrived."""
-        if self.t0 is None:
+        if self.client is None or self.client.ready_at is None:
             return 0
-        return int(((at or time.monotonic()) - self.t0) * self.rate)
+        return int(((at or time.monotonic()) - self.client.ready_at) * self.client.output_rate)
 
     async def run(self) -> ClientReport:
         from websockets.asyncio.client import connect
@@ -142,8 +140,9 @@ class SoakClient:
         try:
             async with connect(self.url, max_size=None, open_timeout=60) as ws:
                 self.ws = ws
-                await ws.send(json.dumps({"type": "hello", "video": True}))
-                receiver = asyncio.create_task(self._receive())
+                self.client = ProtocolClient(ws, self._on_event)
+                await self.client.send_json(self.client.hello(video=True))
+                receiver = asyncio.create_task(self.client.receive())
                 streamer = asyncio.create_task(self._stream_mic())
                 reporter = asyncio.create_task(self._report_playback())
                 try:
@@ -164,8 +163,8 @@ class SoakClient:
         await asyncio.sleep(0.2 * self.index)  # clients do not start in lockstep
         while time.monotonic() < self.deadline:
             spoken = self.speech and (turn + self.index) % 2 == 0
-            self.turn_ended.clear()
-            self.turn_started.clear()
+            self.client.turn_ended.clear()
+            self.client.turn_started.clear()
             if spoken:
                 audio = self.speech[(turn // 2 + self.index) % len(self.speech)]
                 await self.mic.put(audio)
@@ -176,7 +175,7 @@ class SoakClient:
                 await self.ws.send(json.dumps({"type": "text", "text": TEXTS[(turn + self.index) % len(TEXTS)]}))
             self.first_audio_pending = True
             try:
-                await asyncio.wait_for(self.turn_ended.wait(), TURN_TIMEOUT_S)
+                await asyncio.wait_for(self.client.turn_ended.wait(), TURN_TIMEOUT_S)
             except asyncio.TimeoutError:
                 self.report.no_reply += 1
             turn += 1
@@ -209,42 +208,34 @@ class SoakClient:
     async def _report_playback(self) -> None:
         while True:
             await asyncio.sleep(PLAYBACK_EVERY_S)
-            if self.t0 is not None:
+            if self.client.ready_at is not None:
                 await self.ws.send(json.dumps({"type": "playback", "position": self.clock()}))
 
-    async def _receive(self) -> None:
-        async for message in self.ws:
-            now = time.monotonic()
-            if isinstance(message, bytes):
-                kind, turn_id, position, payload = parse_media_frame(message)
-                if kind == KIND_AUDIO:
-                    self.report.audio_chunks += 1
-                    if position < self.last_audio.get(turn_id, -1):
-                        self.report.audio_reorders += 1
-                    self.last_audio[turn_id] = position
-                    self.report.audio_margin_ms = (position - self.clock(now)) * 1000.0 / self.rate
-                    if self.first_audio_pending and self.input_end is not None:
-                        self.first_audio_pending = False
-                        self.report.latencies_ms.append((now - self.input_end) * 1000.0)
-                elif kind == KIND_VIDEO:
-                    self.report.video_frames += 1
-                    self.report.av_offsets_ms.append((self.clock(now) - position) * 1000.0 / self.rate)
-                continue
-            event = json.loads(message)
-            kind = event.get("type")
-            if kind == "ready":
-                self.report.session_id = event.get("session_id")
-                self.rate = event.get("audio", {}).get("output_rate", self.rate)
-                self.t0 = now
-            elif kind == "turn_start":
-                self.report.turns_started += 1
-                self.turn_started.set()
-            elif kind == "turn_end":
-                self.report.turns += 1
-                self.turn_ended.set()
-            elif kind == "error":
-                code = event.get("code", "?")
-                self.report.errors[code] = self.report.errors.get(code, 0) + 1
+    def _on_event(self, event: dict, payload: bytes | None, now: float) -> None:
+        kind = event["type"]
+        report = self.report
+        if kind == "audio":
+            turn_id, position = event["turn_id"], event["position"]
+            report.audio_chunks += 1
+            if position < self.last_audio.get(turn_id, -1):
+                report.audio_reorders += 1
+            self.last_audio[turn_id] = position
+            report.audio_margin_ms = (position - self.clock(now)) * 1000.0 / self.client.output_rate
+            if self.first_audio_pending and self.input_end is not None:
+                self.first_audio_pending = False
+                report.latencies_ms.append((now - self.input_end) * 1000.0)
+        elif kind == "video_frame":
+            report.video_frames += 1
+            report.av_offsets_ms.append((self.clock(now) - event["position"]) * 1000.0 / self.client.output_rate)
+        elif kind == "ready":
+            report.session_id = event.get("session_id")
+        elif kind == "turn_start":
+            report.turns_started += 1
+        elif kind == "turn_end":
+            report.turns += 1
+        elif kind == "error":
+            code = event.get("code", "?")
+            report.errors[code] = report.errors.get(code, 0) + 1
 
 
 # -- the server ------------------------------------------------------------------------------------------

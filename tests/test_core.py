@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -12,7 +11,8 @@ from avatar.config import load_config
 from avatar.errors import ConfigError, ProtocolError
 from avatar.memory import MemoryStore, Turn, build_prompt
 from avatar.protocol import KIND_AUDIO, media_frame, parse_audio_message, parse_media_frame, parse_text_message
-from avatar.vad.base import Endpointer, EndpointerConfig
+from avatar.config import EndpointerConfig
+from avatar.vad.base import Endpointer
 
 
 def test_parse_text_messages():
@@ -180,11 +180,11 @@ def test_llm_threads_yield_to_media_and_malloc_arenas_are_capped(monkeypatch):
     import sys
     import threading
 
-    from avatar.runtime import LLM_NICE, Runtime, cap_malloc_arenas
+    from avatar.services import LLM_NICE, Services, cap_malloc_arenas
 
     if not sys.platform.startswith("linux"):
         pytest.skip("per-thread priorities and glibc arenas are Linux features")
-    runtime = Runtime(load_config(None), models=None, memory=None)
+    runtime = Services(load_config(None), models=None, memory=None)
     base = os.getpriority(os.PRIO_PROCESS, 0)
     try:
         nice = runtime.llm_pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()

@@ -28,7 +28,7 @@ from avatar.config import load_config
 from avatar.errors import ProtocolError
 from avatar.memory import MemoryStore
 from avatar.protocol import CLIENT_MESSAGES, MAX_ID_CHARS, parse_audio_message, parse_text_message
-from avatar.runtime import Runtime
+from avatar.services import Services
 from avatar.server import AvatarServer
 from tests.conftest import FAST, start_server
 from tests.fakes import fake_models, speech_like
@@ -148,7 +148,7 @@ class FakeConnection:
 def fake_server(tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz")
     config = load_config(None, {"server": {"data_dir": str(path)}, "limits": {"max_message_bytes": 4096}})
-    runtime = Runtime(config, fake_models(), MemoryStore(path / "memory.sqlite3"))
+    runtime = Services(config, fake_models(), MemoryStore(path / "memory.sqlite3"))
     yield AvatarServer(runtime)
     runtime.close()
 

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import stat
-import time
 import urllib.error
 import urllib.request
 
@@ -22,16 +21,16 @@ from avatar.access import AccessPolicy, admit, is_loopback_host, secret_hash
 from avatar.client import talk
 from avatar.config import load_config
 from avatar.errors import ConfigError
+from avatar.events import ErrorRaised, Interrupted, TurnEnded, TurnStarted, to_wire
 from avatar.faults import install, parse_faults
 from avatar.limits import ConnectionGuard, SlidingWindow, TokenBucket
 from avatar.memory import MemoryStore, Turn
 from avatar.metrics import ServerMetrics, parse_text_format
-from avatar.outbound import Outbound
+from avatar.timeline import MediaTimeline
 from avatar.protocol import KIND_AUDIO, KIND_VIDEO, parse_media_frame
-from avatar.runtime import Runtime
-from avatar.session import Session
 from tests.conftest import FAST
 from tests.fakes import WordLLM, fake_models, speech_like
+from tests.harness import open_harness, wait_for
 
 NO_VIDEO = {"video.enabled": False}
 
@@ -170,14 +169,14 @@ def test_guard_allows_real_time_audio_and_refuses_floods():
     for _ in range(200):  # 4 s of audio at once (2 s of burst allowed)
         hit = hit or guard.on_audio(320)
     assert hit is not None and hit.limit == "limits.audio_rate_slack" and "real time" in hit.message
-    event = hit.event()
+    event = to_wire(hit.error())[0]
     assert event["code"] == "rate_limited" and event["limit"] == "limits.audio_rate_slack"
     assert guard.should_report(hit) and not guard.should_report(hit)
     clock.now += 3
     assert guard.should_report(hit)
-    guard.observe({"type": "turn_start"})
+    guard.observe(TurnStarted(1, "hi", "text"))
     assert guard.on_text_turn() is None
-    guard.observe({"type": "turn_start"})
+    guard.observe(TurnStarted(2, "hi", "voice"))
     assert guard.on_text_turn().limit == "limits.turns_per_minute"
     assert guard.on_audio(320).limit == "limits.turns_per_minute"  # no spoken turns either
     clock.now += 61
@@ -189,11 +188,11 @@ def test_guard_allows_real_time_audio_and_refuses_floods():
 # -- metrics -----------------------------------------------------------------------------------------------
 def test_metrics_text_format():
     metrics = ServerMetrics(sessions=lambda: 3)
-    metrics.observe_event({"type": "latency", "source": "voice", "endpoint_ms": 250.0, "asr_final_ms": 40.0,
-                           "llm_first_token_ms": 400.0, "tts_first_audio_ms": 600.0, "audio_out_ms": 700.0,
-                           "first_frame_ms": None})
-    metrics.observe_event({"type": "interrupt", "reason": "barge_in"})
-    metrics.observe_event({"type": "error", "code": "bad_message"})
+    metrics.observe(TurnEnded(1, "voice", "hi", "hi", False, 100, {
+        "endpoint": 250.0, "asr_final": 40.0, "llm_first_token": 400.0, "tts_first_audio": 600.0, "audio_out": 700.0,
+        "first_frame": None}))
+    metrics.observe(Interrupted(1, 0, "barge_in"))
+    metrics.observe(ErrorRaised("bad_message", "no"))
     metrics.errors.inc(code='we"ird\\')
     text = metrics.render()
     values = parse_text_format(text)
@@ -210,7 +209,7 @@ def test_metrics_text_format():
     assert "# TYPE avatar_stage_latency_seconds histogram" in text and text.endswith("\n")
 
 
-# -- slow clients and renderers (Outbound) ---------------------------------------------------------------
+# -- slow clients and renderers (MediaTimeline) -----------------------------------------------------------
 class Socket:
     """A client socket: records frames; ``block`` makes sends hang (a client that stopped reading)."""
 
@@ -233,9 +232,8 @@ class Socket:
 
 async def test_a_stalled_client_is_given_up_and_nothing_piles_up():
     sock = Socket()
-    out = Outbound(sock.send, sample_rate=16000, send_stall_s=0.5, max_queued_bytes=10**6)
     stalls = []
-    out.on_stall = stalls.append
+    out = MediaTimeline(sock.send, sample_rate=16000, send_stall_s=0.5, max_queued_bytes=10**6, on_stall=stalls.append)
     sender = asyncio.create_task(out.run())
     out.send_json({"type": "state", "state": "listening"})
     await asyncio.sleep(0.05)
@@ -246,8 +244,7 @@ async def test_a_stalled_client_is_given_up_and_nothing_piles_up():
     out.send_json({"type": "state", "state": "thinking"})  # after the stall: ignored, not queued
     assert out.queued_bytes() == 0
     # A client that lets too much pile up is given up at once.
-    out2 = Outbound(sock.send, sample_rate=16000, max_queued_bytes=50_000)
-    out2.on_stall = stalls.append
+    out2 = MediaTimeline(sock.send, sample_rate=16000, max_queued_bytes=50_000, on_stall=stalls.append)
     out2.place_audio(1, np.zeros(16000 * 2, np.int16))
     assert "limits.max_queued_bytes" in stalls[-1] and out2.closed
 
@@ -255,11 +252,14 @@ async def test_a_stalled_client_is_given_up_and_nothing_piles_up():
 async def test_video_is_dropped_first_audio_is_never_reordered():
     sock = Socket()
 
-    async def render(position):
-        return 0, b"\xff\xd8jpeg"
+    class Video:
+        fps = 25
 
-    out = Outbound(sock.send, sample_rate=16000, fps=25, render_frame=render, buffered=lambda: sock.buffered,
-                   video_buffer_bytes=1000)
+        async def render(self, position):
+            return 0, b"\xff\xd8jpeg"
+
+    out = MediaTimeline(sock.send, sample_rate=16000, video=Video(), buffered=lambda: sock.buffered,
+                        video_buffer_bytes=1000)
     sender = asyncio.create_task(out.run())
     out.place_audio(1, np.zeros(16000, np.int16))
     await asyncio.sleep(0.4)
@@ -275,7 +275,7 @@ async def test_video_is_dropped_first_audio_is_never_reordered():
     assert sum(len(a[3]) // 2 for a in audio) == 16000
     positions = [a[2] for a in audio]
     assert positions == sorted(positions) and all(b - a == 1600 for a, b in zip(positions, positions[1:]))
-    out.closed = True
+    out.close()
     sender.cancel()
 
 
@@ -283,12 +283,15 @@ async def test_video_is_dropped_first_audio_is_never_reordered():
 async def test_a_broken_renderer_costs_frames_never_audio(mode):
     sock = Socket()
 
-    async def render(position):
-        if mode == "raise":
-            raise RuntimeError("renderer exploded")
-        await asyncio.sleep(3600)
+    class Video:
+        fps = 25
 
-    out = Outbound(sock.send, sample_rate=16000, fps=25, render_frame=render, render_timeout_s=0.2)
+        async def render(self, position):
+            if mode == "raise":
+                raise RuntimeError("renderer exploded")
+            await asyncio.sleep(3600)
+
+    out = MediaTimeline(sock.send, sample_rate=16000, video=Video(), render_timeout_s=0.2)
     sender = asyncio.create_task(out.run())
     out.place_audio(1, np.zeros(16000, np.int16))
     await asyncio.sleep(1.4)
@@ -296,12 +299,12 @@ async def test_a_broken_renderer_costs_frames_never_audio(mode):
     assert len(errors) == 1 and errors[0]["code"] == "stage_failed" and "renderer" in errors[0]["message"]
     assert sum(len(a[3]) // 2 for a in sock.media(KIND_AUDIO)) == 16000  # all the audio, in time
     assert out.render_errors >= 2 and not sender.done()
-    out.closed = True
+    out.close()
     sender.cancel()
 
 
 def test_bogus_playback_reports_are_clamped():
-    out = Outbound(lambda m: None, sample_rate=16000)
+    out = MediaTimeline(lambda m: None, sample_rate=16000)
     for bogus in (10**400, -5, float("nan"), 1e300):
         out.report_playback(bogus)
         assert 0 <= out.clock() < 16000 * 600
@@ -309,26 +312,6 @@ def test_bogus_playback_reports_are_clamped():
 
 
 # -- stage faults (fake models wrapped by avatar.faults) ----------------------------------------------
-class Wire:
-    def __init__(self):
-        self.events: list[dict] = []
-
-    async def send(self, message):
-        if isinstance(message, str):
-            self.events.append(json.loads(message))
-
-    def of(self, kind):
-        return [e for e in self.events if e["type"] == kind]
-
-
-async def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 class EchoLLM(WordLLM):
     """Says the user's words back, then a longer tail (so that a TTS fault can be aimed with a word)."""
 
@@ -343,23 +326,15 @@ def faulty_session(tmp_path):
     made = []
 
     def make(spec: str, **limits):
-        config = load_config(None, {"server": {"data_dir": str(tmp_path)},
-                                    "limits": {"stage_timeout_s": 1.0, "item_timeout_s": 0.5, **limits}})
         models = install(fake_models(llm=EchoLLM(delay=0.005)), parse_faults(spec))
-        rt = Runtime(config, models, MemoryStore(tmp_path / f"m{len(made)}.sqlite3"))
-        wire = Wire()
-        out = Outbound(wire.send, sample_rate=rt.output_rate)
-        out.report_playback(10**9)  # a client that has "heard" everything: turns end as soon as sent
-        sid = rt.memory.create_session(None)
-        session = Session(rt, out, session_id=sid, user_id=None, history=[])
-        made.append((rt, session, asyncio.create_task(out.run())))
-        return session, wire
+        harness = open_harness(tmp_path, models=models, name=f"m{len(made)}", heard_everything=True,
+                               overrides={"limits": {"stage_timeout_s": 1.0, "item_timeout_s": 0.5, **limits}})
+        made.append(harness)
+        return harness.session, harness.wire
 
     yield make
-    for rt, session, task in made:
-        session.close()
-        task.cancel()
-        rt.close()
+    for harness in made:
+        harness.close()
 
 
 @pytest.mark.parametrize("spec, expect", [

@@ -3,37 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import numpy as np
 import pytest
 
-from avatar.config import load_config
-from avatar.memory import MemoryStore
-from avatar.outbound import Outbound
-from avatar.protocol import KIND_AUDIO, parse_media_frame
-from avatar.runtime import Runtime
-from avatar.session import Session
 from tests.fakes import FixedASR, WordLLM, fake_models, speech_like
-
-
-class Wire:
-    """Collects what the server sends, like a client that plays audio in real time."""
-
-    def __init__(self):
-        self.events: list[dict] = []
-        self.audio: list[tuple[int, int, int]] = []  # (turn_id, position, samples)
-
-    async def send(self, message):
-        if isinstance(message, bytes):
-            kind, turn_id, position, payload = parse_media_frame(message)
-            if kind == KIND_AUDIO:
-                self.audio.append((turn_id, position, len(payload) // 2))
-        else:
-            self.events.append(json.loads(message))
-
-    def of(self, kind):
-        return [e for e in self.events if e["type"] == kind]
+from tests.harness import feed, open_harness, wait_for
 
 
 @pytest.fixture
@@ -41,36 +16,13 @@ def make_session(tmp_path):
     made = []
 
     def make(**models):
-        config = load_config(None, {"server": {"data_dir": str(tmp_path)}})
-        rt = Runtime(config, fake_models(**models), MemoryStore(tmp_path / "m.sqlite3"))
-        wire = Wire()
-        out = Outbound(wire.send, sample_rate=rt.output_rate)
-        sid = rt.memory.create_session("u1")
-        session = Session(rt, out, session_id=sid, user_id="u1", history=[])
-        made.append((rt, session, asyncio.create_task(out.run())))
-        return rt, session, wire
+        harness = open_harness(tmp_path, models=fake_models(**models), name=f"m{len(made)}")
+        made.append(harness)
+        return harness.services, harness.session, harness.wire
 
     yield make
-    for rt, session, task in made:
-        session.close()
-        task.cancel()
-        rt.close()
-
-
-async def feed(session: Session, audio: np.ndarray, realtime: bool = True):
-    hop = 320
-    for i in range(0, len(audio), hop):
-        session.on_audio(audio[i : i + hop])
-        if realtime:
-            await asyncio.sleep(hop / 16000)
-
-
-async def wait_for(predicate, timeout=10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+    for harness in made:
+        harness.close()
 
 
 async def test_text_turn_streams_reply_audio_and_is_remembered(make_session):

@@ -17,7 +17,8 @@ MediaPipe is imported only when a portrait has to be prepared (or by the lip-syn
 
 from avatar.face.animator import FaceAnimator
 from avatar.face.controls import CONTROL_NAMES, CONTROLS, IdleMotion, control_stream
-from avatar.face.prepare import FaceLibrary, PreparedFace, default_faces_dir, prepare_face
+from avatar.face.library import FaceLibrary, default_faces_dir
+from avatar.face.prepare import PreparedFace, prepare_face
 from avatar.face.renderer import Renderer, WarpRenderer, create_renderer
 
 __all__ = [

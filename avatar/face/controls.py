@@ -42,6 +42,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from avatar.face.idle import IdleMotion  # noqa: F401 - part of this module's API (control_stream uses it)
+
 CONTROLS: dict[str, tuple[float, float]] = {
     "jaw_open": (0.0, 1.0),
     "lip_round": (0.0, 1.0),
@@ -375,71 +377,6 @@ def speech_track(audio: np.ndarray | None, sample_rate: int, phonemes: Sequence 
     if audio is None or not len(audio):
         return {name: np.zeros(len(times)) for name in MOUTH}
     return audio_track(audio, sample_rate, times, **{k: v for k, v in options.items() if k == "speech_close"})
-
-
-# --------------------------------------------------------------------------------------------------
-# Idle life
-
-
-class IdleMotion:
-    """Blinks, slow head motion and breathing as a pure function of time (seconds) and the seed."""
-
-    def __init__(self, seed: int = 0, *, blink_interval: tuple[float, float] = (2.0, 6.0),
-                 head_amplitude: float = 1.0):
-        rng = np.random.default_rng(seed)
-        self._blink_rng = np.random.default_rng(rng.integers(1 << 62))
-        self.blink_interval = blink_interval
-        self._blinks: list[float] = []
-        self._next = float(self._blink_rng.uniform(0.8, blink_interval[1]))
-        # (amplitude in degrees, frequency Hz, phase) per axis: a few incommensurate slow sinusoids.
-        self._head = {}
-        for axis, amp in (("head_yaw", 1.6), ("head_pitch", 1.0), ("head_roll", 0.7)):
-            freqs = rng.uniform(0.03, 0.22, size=3)
-            phases = rng.uniform(0, 2 * np.pi, size=3)
-            amps = amp * head_amplitude * np.array([1.0, 0.6, 0.35]) / 1.2
-            self._head[axis] = (amps, freqs, phases)
-        self._breath_period = float(rng.uniform(3.8, 4.6))
-        self._breath_phase = float(rng.uniform(0, 2 * np.pi))
-
-    def _blinks_until(self, t: float) -> None:
-        lo, hi = self.blink_interval
-        while self._next <= t + 1.0:
-            self._blinks.append(self._next)
-            if self._blink_rng.random() < 0.12:  # a double blink now and then
-                self._blinks.append(self._next + 0.32)
-                self._next += 0.32
-            self._next += float(self._blink_rng.uniform(lo, hi))
-
-    @staticmethod
-    def _blink_shape(dt: np.ndarray) -> np.ndarray:
-        close, hold, open_ = 0.06, 0.025, 0.09
-        out = np.zeros_like(dt)
-        a = (dt >= 0) & (dt < close)
-        out[a] = np.sin(0.5 * np.pi * dt[a] / close) ** 2
-        out[(dt >= close) & (dt < close + hold)] = 1.0
-        c = (dt >= close + hold) & (dt < close + hold + open_)
-        out[c] = np.cos(0.5 * np.pi * (dt[c] - close - hold) / open_) ** 2
-        return out
-
-    def blink(self, t: float) -> float:
-        self._blinks_until(t)
-        if not self._blinks:
-            return 0.0
-        import bisect
-
-        i = bisect.bisect_right(self._blinks, t)
-        recent = np.array(self._blinks[max(0, i - 2):i], dtype=np.float64)
-        return float(self._blink_shape(t - recent).max()) if len(recent) else 0.0
-
-    def at(self, t: float) -> dict[str, float]:
-        out = {}
-        for axis, (amps, freqs, phases) in self._head.items():
-            out[axis] = float((amps * np.sin(2 * np.pi * freqs * t + phases)).sum())
-        out["breath"] = float(0.5 - 0.5 * math.cos(2 * math.pi * t / self._breath_period + self._breath_phase))
-        b = self.blink(t)
-        out["blink_left"] = b
-        out["blink_right"] = b
-        return out
 
 
 def control_stream(audio: np.ndarray | None, sample_rate: int, phonemes: Sequence | None = None, *,

@@ -20,7 +20,7 @@ def astronaut_portrait(size: int = 512) -> np.ndarray:
     import cv2
     import skimage.data
 
-    from avatar.face.prepare import _pick_face, crop_transform, detect_landmarks
+    from avatar.face.photo import _pick_face, crop_transform, detect_landmarks
 
     original = np.ascontiguousarray(skimage.data.astronaut()[:, :, ::-1])
     points = _pick_face(detect_landmarks(original), "skimage.data.astronaut()")

@@ -121,12 +121,12 @@ def lipsync_check(face, audio: np.ndarray, sample_rate: int, phonemes: Sequence 
     The speech starts ``lead_s`` into the clip and the clip ends ``lead_s`` after it, so the measure
     also sees the mouth at rest before and after.
     """
-    from avatar.face.animator import FaceAnimator
+    from avatar.media import build_animator
 
     audio = np.asarray(audio).reshape(-1)
     lead = int(round(lead_s * sample_rate))
     padded = np.concatenate([np.zeros(lead, np.int16), audio.astype(np.int16), np.zeros(lead, np.int16)])
-    animator = FaceAnimator(face, fps=fps, sample_rate=sample_rate, seed=seed, speech_options=speech_options)
+    animator = build_animator(face, fps=fps, sample_rate=sample_rate, seed=seed, speech_options=speech_options)
     animator.add_speech(lead, audio, phonemes or [])
     positions = animator.frame_positions(len(padded))
     opening = measure_frames((animator.frame_at(p) for p in positions), meter)

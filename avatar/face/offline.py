@@ -12,8 +12,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from avatar.errors import AvatarError, FaceError
-from avatar.face.prepare import (IMAGE_SUFFIXES, PreparedFace, copy_photo, default_faces_dir, face_name_for,
-                                 prepare_face)
+from avatar.face.library import copy_photo, default_faces_dir
+from avatar.face.prepare import IMAGE_SUFFIXES, PreparedFace, face_name_for, prepare_face
 
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -37,7 +37,7 @@ def render_mp4(face: PreparedFace, audio: np.ndarray, sample_rate: int, phonemes
     """
     import av
 
-    from avatar.face.animator import FaceAnimator
+    from avatar.media import build_animator
 
     audio = np.asarray(audio)
     if audio.ndim > 1:
@@ -51,7 +51,7 @@ def render_mp4(face: PreparedFace, audio: np.ndarray, sample_rate: int, phonemes
         raise AvatarError(f"audio sample rate {sample_rate} Hz is not one AAC can store; use one of {AAC_RATES}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    animator = FaceAnimator(face, fps=fps, sample_rate=sample_rate, seed=seed)
+    animator = build_animator(face, fps=fps, sample_rate=sample_rate, seed=seed)
     animator.add_speech(0, audio, list(phonemes or []))
     positions = animator.frame_positions(len(audio))
     say = _say(progress)

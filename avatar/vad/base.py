@@ -11,6 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
+from avatar.config import EndpointerConfig
+
 
 class VADStream(Protocol):
     def probability(self, frame: np.ndarray) -> float:
@@ -24,21 +26,6 @@ class VADModel(Protocol):
     frame_samples: int  # samples per call to VADStream.probability (512 for Silero at 16 kHz)
 
     def new_stream(self) -> VADStream: ...
-
-
-@dataclass
-class EndpointerConfig:
-    threshold: float = 0.5  # speech probability that counts as speech
-    min_speech_ms: int = 96  # speech this long starts an utterance
-    end_silence_ms: int = 480  # silence this long ends it
-    # While the agent is talking, its own voice may leak back through speakers and microphone. The
-    # browser cancels most echo; this guard asks for a clearer, longer run of speech before a barge-in.
-    barge_in_threshold: float = 0.7
-    barge_in_min_speech_ms: int = 160
-    # Start answering (ASR final, LLM, TTS) at the first silent frame and hold the output back until the
-    # silence has lasted end_silence_ms; drop it if the user goes on. Hides the pipeline in the pause.
-    speculative: bool = True
-    pre_roll_ms: int = 256  # audio kept from before the start decision so the first word is not clipped
 
 
 @dataclass

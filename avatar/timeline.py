@@ -20,12 +20,13 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
-from avatar.protocol import KIND_AUDIO, KIND_VIDEO, error_event, media_frame
+from avatar.events import ErrorRaised, Event, to_wire
+from avatar.protocol import KIND_AUDIO, KIND_VIDEO, media_frame
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,26 @@ class _AudioPacket:
     pcm: bytes
 
 
-class Outbound:
+class MediaListener(Protocol):
+    """Told what actually went out, on the timeline: the turn runner marks its latencies from these."""
+
+    def audio_sent(self, turn_id: int, position: int, at: float) -> None: ...
+
+    def frame_sent(self, position: int, at: float) -> None: ...
+
+
+class VideoSource(Protocol):
+    """Frames for the timeline (avatar.media.FaceVideo): rendered on demand, just before they are due."""
+
+    fps: int
+
+    async def render(self, position: int) -> tuple[int, bytes | None]:
+        """(turn_id, JPEG) of the frame at ``position``; JPEG None: nothing to send for this frame."""
+
+
+class MediaTimeline:
+    """One connection's output: JSON events, reply audio and video frames on one sample timeline."""
+
     def __init__(
         self,
         send: Callable[[str | bytes], Awaitable[None]],
@@ -51,8 +71,9 @@ class Outbound:
         sample_rate: int,
         audio_lead_s: float = 0.12,
         max_lead_s: float = 0.4,
-        fps: int = 0,
-        render_frame: Callable[[int], Awaitable[tuple[int, bytes]]] | None = None,
+        video: VideoSource | None = None,
+        emit: Callable[[Event], None] | None = None,
+        on_stall: Callable[[str], None] | None = None,
         send_stall_s: float | None = None,
         max_queued_bytes: int | None = None,
         buffered: Callable[[], int] | None = None,
@@ -63,8 +84,7 @@ class Outbound:
         self.rate = sample_rate
         self.audio_lead = int(audio_lead_s * sample_rate)
         self.max_lead = int(max_lead_s * sample_rate)
-        self.fps = fps
-        self.render_frame = render_frame  # (position) -> (turn_id, jpeg)
+        self.video = video
         self._control: deque[str] = deque()
         self._audio: deque[_AudioPacket] = deque()
         self._wake = asyncio.Event()
@@ -74,10 +94,9 @@ class Outbound:
         self._next_frame = 0
         self.frames_sent = 0
         self.frames_dropped = 0
-        self.on_first_frame: Callable[[int, float], None] | None = None  # (position, monotonic time)
-        self.on_audio_sent: Callable[[int, int, float], None] | None = None  # (turn_id, position, time)
-        self.observers: list[Callable[[dict], None]] = []  # see every JSON event (metrics, limits)
-        self.on_stall: Callable[[str], None] | None = None  # the client stopped reading: close it
+        self._listeners: list[MediaListener] = []
+        self.emit = emit or self.send_event  # the connection's event bus, for the timeline's own errors
+        self.on_stall = on_stall  # the client stopped reading: close it
         self.send_stall_s = send_stall_s
         self.max_queued_bytes = max_queued_bytes
         self.buffered = buffered  # bytes waiting in the socket's send buffer
@@ -91,6 +110,21 @@ class Outbound:
         self.stalled: str | None = None
         self.sealed = False  # after a fatal error event, nothing more is queued
         self.closed = False
+
+    @property
+    def fps(self) -> int:
+        return self.video.fps if self.video is not None else 0
+
+    def attach_video(self, video: VideoSource | None) -> None:
+        self.video = video
+        self._wake.set()
+
+    def add_listener(self, listener: MediaListener) -> None:
+        self._listeners.append(listener)
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
 
     # -- the playback clock -------------------------------------------------------------------------
     def clock(self) -> int:
@@ -115,14 +149,14 @@ class Outbound:
         return self.clock() < self.audio_end
 
     # -- queueing ------------------------------------------------------------------------------------
+    def send_event(self, event: Event) -> None:
+        """An event bus subscriber: the event's wire JSON goes out in order with the media."""
+        for message in to_wire(event):
+            self.send_json(message)
+
     def send_json(self, event: dict) -> None:
         if self.closed or self.sealed:
             return
-        for observer in self.observers:
-            try:
-                observer(event)
-            except Exception:  # noqa: BLE001 - an observer (metrics) must never break a session
-                log.exception("event observer failed")
         try:
             text = json.dumps(event, ensure_ascii=False)
             text.encode("utf-8")
@@ -226,11 +260,11 @@ class Outbound:
             packet = self._audio.popleft()
             self._audio_bytes -= len(packet.pcm)
             await self._send_one(media_frame(KIND_AUDIO, packet.turn_id, packet.position, packet.pcm))
-            if self.on_audio_sent:
-                self.on_audio_sent(packet.turn_id, packet.position, time.monotonic())
+            for listener in self._listeners:
+                listener.audio_sent(packet.turn_id, packet.position, time.monotonic())
             if self._control:  # events queued meanwhile (an interrupt) go first
                 return
-        if self.fps and self.render_frame is not None:
+        if self.video is not None:
             await self._send_video(self.clock())
 
     async def _send_video(self, now: int) -> None:
@@ -250,7 +284,7 @@ class Outbound:
             self.frames_dropped += 1  # the client is behind: it gets audio first, video when it catches up
             self._next_frame += 1
             return
-        task = asyncio.ensure_future(self.render_frame(position))
+        task = asyncio.ensure_future(self.video.render(position))
         task.add_done_callback(lambda _: self._wake.set())
         self._render = (task, self._next_frame, time.monotonic())
 
@@ -282,16 +316,16 @@ class Outbound:
             return
         await self._send_one(media_frame(KIND_VIDEO, turn_id, position, jpeg))
         self.frames_sent += 1
-        if self.on_first_frame:
-            self.on_first_frame(position, time.monotonic())
+        for listener in self._listeners:
+            listener.frame_sent(position, time.monotonic())
 
     def _render_failed(self, what: str) -> None:
         self.render_errors += 1
         now = time.monotonic()
         if now - self._render_error_reported >= 30.0:  # one error event per 30 s, not one per frame
             self._render_error_reported = now
-            self.send_json(error_event("stage_failed", f"{what}; video frames are skipped until it "
-                                       "recovers, the voice goes on"))
+            self.emit(ErrorRaised("stage_failed", f"{what}; video frames are skipped until it "
+                                  "recovers, the voice goes on"))
 
     def _frame_position(self, index: int) -> int:
         return index * self.rate // self.fps
@@ -310,7 +344,7 @@ class Outbound:
         waits = [0.25]
         if self._audio:
             waits.append((self._audio[0].position - self.max_lead - now) / self.rate)
-        if self.fps and self.render_frame is not None:
+        if self.video is not None:
             if self._render is None:
                 waits.append((self._frame_position(self._next_frame) - self._video_horizon(now)) / self.rate)
             else:  # woken when the frame is ready; else look again when it is overdue

@@ -20,7 +20,7 @@ from avatar.audio import resample_linear
 from avatar.config import Config
 from avatar.errors import StageError
 from avatar.memory import MemoryStore
-from avatar.session import iterate_in_thread
+from avatar.threads import iterate_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ WARM_UP_TEXT = ("Thank you for waiting, I looked into it and here is what I foun
 
 
 @dataclass
-class Runtime:
+class Services:
     config: Config
     models: object  # avatar.models.Models: vad, asr, llm, tts
     memory: MemoryStore
@@ -66,7 +66,7 @@ class Runtime:
         return int(self.models.tts.sample_rate)
 
     @classmethod
-    def load(cls, config: Config, *, progress: Callable[[str], None] = print) -> "Runtime":
+    def load(cls, config: Config, *, progress: Callable[[str], None] = print) -> "Services":
         from avatar.models import load_models
 
         from avatar import faults as fault_injection
@@ -123,10 +123,10 @@ class Runtime:
         for f in [self.asr_pool.submit(models.asr.transcribe, heard, language=language) for _ in range(ASR_THREADS)]:
             f.result()
         if self.faces is not None and self.faces.names:
-            from avatar.face.animator import FaceAnimator
+            from avatar.media import build_animator
 
-            animator = FaceAnimator(self.faces.get(self.faces.names[0]), fps=config.video.fps,
-                                    sample_rate=self.output_rate, quality=config.video.quality)
+            animator = build_animator(self.faces.get(self.faces.names[0]), sample_rate=self.output_rate,
+                                      video=config.video)
             animator.add_speech(0, speech[: self.output_rate])
             frames = [i * self.output_rate // 10 for i in range(10)]  # mouth moving, a blink or not
             for f in [self.render_pool.submit(lambda: [animator.jpeg_at(p) for p in frames])
@@ -162,9 +162,11 @@ class Runtime:
                 self._token_cache[text] = count
         return count
 
-    async def transcribe(self, audio: np.ndarray, *, partial: bool = False) -> str | None:
+    async def transcribe(self, audio: np.ndarray, *, kind: str = "final", session: str | None = None,
+                         partial: bool = False) -> str | None:
         """Text of ``audio``. A partial transcript is best effort: it is skipped (None) while any other
         transcription runs, so that partials never delay a final one, which is on the critical path."""
+        partial = partial or kind == "partial"
         if partial and self._asr_running:
             return None
         loop = asyncio.get_running_loop()
@@ -179,7 +181,8 @@ class Runtime:
             self._asr_running -= 1
         return result.text.strip()
 
-    async def stream_chat(self, messages: list[dict], cancel: threading.Event) -> AsyncIterator[str]:
+    async def stream_chat(self, messages: list[dict], cancel: threading.Event, *,
+                          session: str | None = None) -> AsyncIterator[str]:
         cfg = self.config.llm
         make = lambda: self.models.llm.stream_chat(  # noqa: E731
             messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, cancel=cancel)
@@ -200,7 +203,7 @@ class Runtime:
                 if not finished:
                     cancel.set()  # a reply abandoned half-way frees the model at the next token
 
-    async def synthesize(self, text: str, cancel: threading.Event) -> AsyncIterator:
+    async def synthesize(self, text: str, cancel: threading.Event, *, session: str | None = None) -> AsyncIterator:
         def chunks():
             for chunk in self.models.tts.synthesize(text):
                 yield chunk

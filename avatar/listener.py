@@ -1,0 +1,194 @@
+"""The listener: microphone audio in, the user's utterances out.
+
+mic audio -> VAD per frame -> endpointer (speech start / pause / resume / end) -> transcripts.
+It owns the pre-roll (audio from just before the start decision, so the first word is not clipped),
+partial transcripts while the user speaks, speculation and the end-of-turn decision:
+
+    at the first silent frame (a pause), transcribe and tell the session to start a speculative turn;
+    if the user goes on (resume), tell it to drop that turn; if the silence lasts (end of speech), tell it
+    the utterance is final, so the held reply is released at once, or a new turn starts.
+
+It knows nothing of replies: what to do with an utterance is the session's business (``ListenerEvents``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Protocol
+
+import numpy as np
+
+from avatar.errors import StageError
+from avatar.events import Transcript, VoiceActivity
+from avatar.protocol import INPUT_SAMPLE_RATE
+from avatar.vad.base import Endpointer
+
+log = logging.getLogger(__name__)
+
+MAX_UTTERANCE_S = 28.0  # Whisper sees 30 s windows; a longer monologue is cut into turns
+
+
+class ListenerEvents(Protocol):
+    """What the listener tells its session."""
+
+    def emit(self, event) -> None: ...  # VoiceActivity, Transcript and errors, for the client
+
+    def agent_speaking(self) -> bool: ...  # the echo guard asks for clearer speech while the agent talks
+
+    def user_started(self) -> None: ...  # speech began (a barge-in if the agent was talking)
+
+    def speculate(self, text: str, t_pause: float) -> None: ...  # start answering, hold the output
+
+    def drop_speculation(self) -> None: ...  # the user went on: forget the held answer
+
+    def utterance(self, text: str, t_end: float, t_decision: float) -> None: ...  # the user's turn is over
+
+
+class Listener:
+    def __init__(self, services, session: ListenerEvents, *, session_id: str):
+        self.services = services
+        self.session = session
+        self.session_id = session_id
+        cfg = services.config
+        vad = services.models.vad
+        self.vad_stream = vad.new_stream()
+        self.endpointer = Endpointer(cfg.vad, vad.sample_rate, vad.frame_samples)
+        self._pending_input = np.zeros(0, dtype=np.float32)
+        self._pre_roll: deque[np.ndarray] = deque(
+            maxlen=max(1, cfg.turn.pre_roll_ms * vad.sample_rate // 1000 // vad.frame_samples))
+        self._utterance: list[np.ndarray] | None = None
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=400)  # (input samples so far, time)
+        self._input_samples = 0
+        self._partial_task: asyncio.Task | None = None
+        self._last_partial_at = 0.0
+        self._speculation: asyncio.Task | None = None  # the ASR of the utterance up to the pause
+        self._tasks: set[asyncio.Task] = set()
+
+    def _task(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _arrival_time(self, sample: int) -> float:
+        """When the input sample ``sample`` reached the server (for latency from the real end of speech)."""
+        for end, at in reversed(self._arrivals):
+            if end <= sample:
+                return at
+        return self._arrivals[0][1] if self._arrivals else time.monotonic()
+
+    # -- audio in ---------------------------------------------------------------------------------------
+    def on_audio(self, samples: np.ndarray) -> None:
+        self._input_samples += len(samples)
+        self._arrivals.append((self._input_samples, time.monotonic()))
+        vad = self.services.models.vad
+        data = np.concatenate([self._pending_input, samples]) if len(self._pending_input) else samples
+        n = vad.frame_samples
+        usable = len(data) - len(data) % n
+        self._pending_input = data[usable:].copy()
+        for start in range(0, usable, n):
+            frame = data[start : start + n]
+            prob = self.vad_stream.probability(frame)
+            if self._utterance is not None:
+                self._utterance.append(frame)
+            else:
+                self._pre_roll.append(frame)
+            for event in self.endpointer.update(prob, agent_speaking=self.session.agent_speaking()):
+                self._on_vad(event.kind, event.sample)
+        if self._utterance is not None:
+            self._maybe_partial()
+            if len(self._utterance) * n >= MAX_UTTERANCE_S * vad.sample_rate:
+                self.endpointer.reset()
+                self._on_vad("speech_end", self.endpointer.position)
+
+    def _on_vad(self, kind: str, sample: int) -> None:
+        t_ms = round(sample * 1000.0 / INPUT_SAMPLE_RATE, 1)
+        if kind == "speech_start":
+            self._utterance = list(self._pre_roll)
+            self._pre_roll.clear()
+            self._last_partial_at = time.monotonic()
+            self.session.emit(VoiceActivity("speech_start", t_ms))
+            self.session.user_started()
+        elif kind == "pause":
+            self._speculate()
+        elif kind == "resume":
+            if self._speculation is not None:
+                self._speculation.cancel()
+                self._speculation = None
+                self.session.drop_speculation()
+        elif kind == "speech_end":
+            self.session.emit(VoiceActivity("speech_end", t_ms))
+            self._end_utterance(self._arrival_time(sample))
+
+    def _utterance_audio(self) -> np.ndarray:
+        return np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
+
+    def _maybe_partial(self) -> None:
+        interval = self.services.config.asr.partial_interval_ms / 1000.0
+        if self._partial_task is not None and not self._partial_task.done():
+            return
+        if time.monotonic() - self._last_partial_at < interval or self.endpointer.paused:
+            return
+        self._last_partial_at = time.monotonic()
+        audio = self._utterance_audio()
+
+        async def partial() -> None:
+            try:
+                text = await self.services.transcribe(audio, kind="partial", session=self.session_id)
+            except Exception as exc:  # noqa: BLE001 - partials are best effort; the final reports errors
+                log.debug("partial ASR failed: %r", exc)
+                return
+            if text and self._utterance is not None:
+                self.session.emit(Transcript(text, final=False))
+
+        self._partial_task = self._task(partial())
+
+    # -- end of speech and speculation ------------------------------------------------------------------
+    def _speculate(self) -> None:
+        """At the first silent frame, transcribe and have the session start answering, output held back."""
+        if not self.services.config.turn.speculative or self._utterance is None:
+            return
+        audio = self._utterance_audio()
+        t_pause = time.monotonic()
+
+        async def speculate() -> str:
+            text = await self.services.transcribe(audio, kind="speculative", session=self.session_id)
+            if text and self._speculation is asyncio.current_task():
+                self.session.speculate(text, t_pause)
+            return text
+
+        self._speculation = self._task(speculate())
+
+    def _end_utterance(self, t_end: float) -> None:
+        t_decision = time.monotonic()
+        audio = self._utterance_audio()
+        speculation = self._speculation
+        self._utterance = None
+        self._speculation = None
+        if self._partial_task is not None:
+            self._partial_task.cancel()
+
+        async def finish() -> None:
+            try:
+                if speculation is not None:
+                    text = await speculation
+                else:
+                    text = await self.services.transcribe(audio, kind="final", session=self.session_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self.session.emit_error(StageError(f"speech recognition failed: {exc}. Please say that again."),
+                                        where="ASR")
+                return
+            if text:
+                self.session.emit(Transcript(text, final=True))
+                self.session.utterance(text, t_end, t_decision)
+
+        self._task(finish())
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()

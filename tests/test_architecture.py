@@ -1,0 +1,108 @@
+"""The shape of the code (docs/architecture.md): small modules, no import circles, the server kept to
+HTTP/WebSocket, and typed events that metrics and limits subscribe to."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from avatar.config import load_config
+from avatar.events import LATENCY_STAGES, ErrorRaised, TurnEnded, TurnStarted, to_wire
+from avatar.limits import ConnectionGuard
+from avatar.metrics import ServerMetrics, parse_text_format
+from tests.harness import open_harness, wait_for
+
+PACKAGE = Path(__file__).resolve().parent.parent / "avatar"
+MAX_LINES = 450
+
+
+def _modules() -> dict[str, Path]:
+    return {".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): path
+            for path in PACKAGE.rglob("*.py")}
+
+
+def _imports(path: Path, module: str, known: set[str]) -> set[str]:
+    """avatar modules imported at module level (imports inside functions are deferred on purpose)."""
+    found = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            # "from pkg import submodule" imports the submodule; "from pkg import name" the module itself.
+            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                found.add(name)
+    return found
+
+
+def test_no_module_is_over_450_lines():
+    long = {name: n for name, path in _modules().items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_no_import_circles_and_the_server_does_not_reach_into_the_face():
+    modules = _modules()
+    graph = {name: _imports(path, name, set(modules)) for name, path in modules.items()}
+    # A package importing its own submodules for re-export is not a circle.
+    graph = {name: {dep for dep in deps if not (dep.startswith(name + ".") and modules[name].name == "__init__.py")}
+             for name, deps in graph.items()}
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in graph[node]:
+            if state.get(dep) == 1:
+                circles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+    assert not circles, f"import circles: {circles}"
+    assert not {dep for dep in graph["avatar.server"] if dep.startswith("avatar.face")}
+
+
+def test_wire_json_comes_from_typed_events_in_one_place():
+    ended = TurnEnded(3, "text", "Hello there.", "Hello", True, 2205, {"endpoint": 12.0})
+    latency, end = to_wire(ended)
+    assert latency["type"] == "latency" and latency["endpoint_ms"] == 12.0
+    assert set(latency) == {"type", "turn_id", "source"} | {f"{stage}_ms" for stage in LATENCY_STAGES}
+    assert end == {"type": "turn_end", "turn_id": 3, "reply": "Hello there.", "heard": "Hello",
+                   "interrupted": True, "audio_samples": 2205}
+    assert to_wire(ErrorRaised("rate_limited", "slow down", limit="limits.turns_per_minute"))[0]["limit"] == \
+        "limits.turns_per_minute"
+
+
+async def test_metrics_and_limits_receive_typed_events(tmp_path):
+    harness = open_harness(tmp_path, heard_everything=True)
+    metrics = ServerMetrics()
+    guard = ConnectionGuard(load_config(None, {"limits": {"turns_per_minute": 2}}).limits)
+    seen = []
+    harness.bus.subscribe(metrics.observe)
+    harness.bus.subscribe(guard.observe)
+    harness.bus.subscribe(lambda event: seen.append(type(event)))
+    try:
+        harness.session.on_text("Hello?")
+        await wait_for(lambda: TurnEnded in seen)
+        harness.session.on_text("And again?")
+        await wait_for(lambda: seen.count(TurnEnded) == 2)
+    finally:
+        harness.close()
+    assert seen.count(TurnStarted) == 2
+    # The limit counted both turns from the typed TurnStarted events: a third is refused.
+    assert guard.on_text_turn() is not None and guard.on_text_turn().limit == "limits.turns_per_minute"
+    values = parse_text_format(metrics.render())
+    assert values['avatar_turns_total{source="text"}'] == 2
+    assert values['avatar_stage_latency_seconds_count{stage="llm_first_token"}'] == 2
