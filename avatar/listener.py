@@ -170,6 +170,8 @@ class Listener:
         self._speculation = None
         if self._partial_task is not None:
             self._partial_task.cancel()
+        if speculation is not None:
+            self.services.promote_transcription(self.session_id)  # still queued: it is the final one now
 
         async def finish() -> None:
             try:

@@ -112,6 +112,4 @@ class Session:
         self.closed = True
         self.listener.close()
         self.turns.close()
-        forget = getattr(self.services, "forget_session", None)
-        if forget is not None:
-            forget(self.session_id)
+        self.services.forget_session(self.session_id)  # its queued transcriptions, syntheses and replies
