@@ -73,6 +73,20 @@ class TurnConfig:
     # silence has lasted vad.end_silence_ms; drop it if the user goes on. Hides the pipeline in the pause.
     speculative: bool = True
     pre_roll_ms: int = 256  # audio kept from before the start decision so the first word is not clipped
+    # What ends a turn: "smart-turn" (an audio model asked during the pause, avatar/endofturn/) or "silence"
+    # (vad.end_silence_ms of silence, the old rule). Without the model installed, "silence" is used.
+    detector: str = "smart-turn"
+    ask_after_ms: int = 200  # silence before the model is first asked; again every ask_every_ms
+    ask_every_ms: int = 200
+    max_silence_ms: int = 1600  # this much silence ends a turn whatever the model says
+    sharpness: float = 0.5  # needed silence = ask_after + (max_silence - ask_after) * (1 - p) ** sharpness
+    # A speaker who paused and went on before needs a silence longer than that pause plus this margin,
+    # unless the model is at least sure_probability.
+    rhythm_margin_ms: int = 250
+    sure_probability: float = 0.95
+    # Silence added after the speech given to the recogniser: Whisper reads the last word better with
+    # trailing silence, and it encodes a 30 s window whatever the length, so it costs no time.
+    asr_padding_ms: int = 500
 
 
 # Settings that moved: old location -> new location. The old keys still work, with a warning.

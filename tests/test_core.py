@@ -70,10 +70,30 @@ def test_clauses_start_early_then_follow_sentences():
     for word in "Well, the capital of France is Paris. It is known for art, food and the Eiffel Tower. Bye".split():
         out += splitter.push(word + " ")
     out += splitter.flush()
-    assert out[0] == "Well, the capital of France is Paris."
+    assert out[0] == "Well, the capital of France is Paris."  # no first phrase of one word: a gap would follow
     assert out[-1] == "Bye"
     assert "".join(out).replace(" ", "") == "Well,thecapitalofFranceisParis.Itisknownforart,foodandtheEiffelTower.Bye"
     assert speakable("**Hello** 😀 `code`") == "Hello code"
+
+
+def test_the_first_phrase_goes_as_soon_as_it_is_safe():
+    def split(reply: str) -> tuple[list[str], list[str]]:
+        splitter, out, first_seen_with = ClauseSplitter(), [], []
+        for word in reply.split(" "):
+            got = splitter.push(word + " ")
+            if got and not out:
+                first_seen_with.append(word)
+            out += got
+        return out + splitter.flush(), first_seen_with
+
+    out, when = split("Hello! I am Sam, your digital human.")
+    assert out[0] == "Hello!" and when == ["Hello!"]  # "!" needs no next token
+    out, _ = split("Paris is lovely, and it is big.")
+    assert out[0] == "Paris is lovely,"
+    out, _ = split("Spiders have eight legs and they use them to walk.")
+    assert out == ["Spiders have eight legs", "and they use them to walk."]  # before a new phrase
+    out, _ = split("It costs 3.5 dollars a kilo today.")
+    assert out[0] != "It costs 3." and "3.5" in out[0]  # a decimal point is not a sentence end
 
 
 def test_heard_text_cuts_at_the_playback_position():

@@ -18,6 +18,17 @@ class VADStream(Protocol):
     def probability(self, frame: np.ndarray) -> float:
         """Speech probability of one frame of ``frame_samples`` float32 samples in [-1, 1]."""
 
+    @property
+    def silence_ms(self) -> float:
+        """How long the current pause has lasted (0 when not paused)."""
+        return self._silence_run * self.frame_ms if self.paused else 0.0
+
+    def end_now(self) -> VADEvent:
+        """End the utterance in the current pause (an end-of-turn model decided): the ``speech_end`` event."""
+        self.in_speech = self.paused = False
+        self._speech_run = self._silence_run = 0
+        return VADEvent("speech_end", self.last_speech_sample)
+
     def reset(self) -> None: ...
 
 
@@ -53,6 +64,17 @@ class Endpointer:
         self.position = 0  # samples seen so far
         self.speech_start_sample = 0
         self.last_speech_sample = 0
+
+    @property
+    def silence_ms(self) -> float:
+        """How long the current pause has lasted (0 when not paused)."""
+        return self._silence_run * self.frame_ms if self.paused else 0.0
+
+    def end_now(self) -> VADEvent:
+        """End the utterance in the current pause (an end-of-turn model decided): the ``speech_end`` event."""
+        self.in_speech = self.paused = False
+        self._speech_run = self._silence_run = 0
+        return VADEvent("speech_end", self.last_speech_sample)
 
     def reset(self) -> None:
         self.in_speech = self.paused = False
