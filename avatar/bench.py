@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from avatar.client import read_wav, speech_end_seconds, talk, write_wav
+from avatar.bench_listening import make_readings, plain_word_errors, premature_turns, word_error_rate
 from avatar.events import LATENCY_STAGES
 
 QUESTIONS = [
@@ -47,6 +48,8 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--quick", action="store_true", help="one session, 3 utterances: about 2 minutes on 2 cores")
     p.add_argument("--no-baseline", action="store_true", help="skip the naive pipeline and isolated stages")
     p.add_argument("--no-video", action="store_true", help="voice only")
+    p.add_argument("--no-readings", action="store_true",
+                   help="skip the premature-turn count on readings with pauses (about 2 minutes)")
     p.add_argument("--out", default="bench-out", help="folder for report.json and the plot (default bench-out)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -69,7 +72,10 @@ def _espeak(text: str, path: Path) -> None:
 
 def _audioeval_wavs(cache: Path, log) -> list[Utterance]:
     """The English WAVs of pytest-audioeval, taken from its wheel (installing it would pull numpy 2)."""
-    folder = cache / "audioeval"
+    from avatar.bench_listening import audioeval_folder
+
+    installed = audioeval_folder()
+    folder = installed / "en" if installed is not None else cache / "audioeval"
     if not any(folder.glob("*.wav")):
         folder.mkdir(parents=True, exist_ok=True)
         try:
@@ -116,6 +122,8 @@ class TurnRecord:
     av_offset_ms: float | None  # first lip-synced frame's timeline position minus first audio's, in ms
     stages: dict = field(default_factory=dict)
     error: str | None = None
+    transcript: str = ""
+    word_error_rate: float | None = None  # against the utterance's known text
 
 
 def _record(utterance: Utterance, sessions: int, result) -> TurnRecord:
@@ -130,8 +138,10 @@ def _record(utterance: Utterance, sessions: int, result) -> TurnRecord:
         offset = round((first_frame["position"] - first_audio["position"]) * 1000.0 / result.output_rate, 1)
     stages = {name: result.latency.get(f"{name}_ms") for name in LATENCY_STAGES}
     errors = [e["message"] for e in result.events if e["type"] == "error"]
+    wer = word_error_rate(utterance.text, result.transcript) if utterance.text else None
     return TurnRecord(utterance.name, sessions, summary["latency_ms"]["voice_to_voice"],
-                      summary["latency_ms"]["first_frame"], offset, stages, "; ".join(errors) or None)
+                      summary["latency_ms"]["first_frame"], offset, stages, "; ".join(errors) or None,
+                      result.transcript, wer)
 
 
 async def _client(url: str, index: int, sessions: int, utterances: list[Utterance], turns: int, video: bool,
@@ -252,6 +262,11 @@ def _stats(values) -> dict:
             "p95": round(float(np.percentile(values, 95)), 1), "max": round(float(max(values)), 1)}
 
 
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(float(np.mean(values)), 3) if values else None
+
+
 def summarise(levels: dict[int, list[TurnRecord]], offline: dict | None, render: dict | None) -> dict:
     report: dict = {"levels": {}, "render": render}
     crossing = None
@@ -263,6 +278,7 @@ def summarise(levels: dict[int, list[TurnRecord]], offline: dict | None, render:
             "first_frame": _stats(r.first_frame for r in records),
             "av_offset_ms": _stats(r.av_offset_ms for r in records),
             "stages": {name: _stats(r.stages.get(name) for r in records) for name in LATENCY_STAGES},
+            "word_error_rate": _mean(r.word_error_rate for r in records),
         }
         report["levels"][str(sessions)] = level
         p95 = level["voice_to_voice"]["p95"]
@@ -295,6 +311,15 @@ def print_table(report: dict) -> None:
     first = next(iter(report["levels"].values()))
     print("\nstage time to first output at the lowest level (ms from end of speech): "
           + ", ".join(f"{k} {v['p50']}" for k, v in first["stages"].items()))
+    listening = report.get("listening") or {}
+    if listening:
+        eot = listening["end_of_turn_ms"]
+        print(f"listening: end-of-turn decision p50 {eot['p50']} ms after the end of speech; word error rate "
+              f"{listening['word_error_rate']} (plain transcription of the same audio: "
+              f"{listening['plain_word_error_rate']})")
+        for r in listening["readings"]:
+            print(f"  {r['reading']}: {r['premature_turns']} premature turns in {r['seconds']} s "
+                  f"({r['premature_per_minute']} per minute, {r['pauses']} pauses)")
     crossing = report["p95_crosses_1500ms_at_sessions"]
     print(f"p95 voice-to-voice crosses 1.5 s at: {crossing if crossing else 'not within the levels run'} sessions")
     if report.get("baseline"):
@@ -359,11 +384,16 @@ def bench_main(args) -> int:
         log(f"starting a server (log: {work / 'server.log'})")
         proc, url = start_server(argparse.Namespace(config=args.config, set=sets), work / "data",
                                  work / "server.log")
+    readings = []
     try:
         levels = {}
         for level in sessions:
             log(f"running {level} concurrent session(s)...")
             levels[level] = asyncio.run(run_level(url, level, utterances, turns, config.video.enabled, log))
+        if not (args.quick or args.no_readings or args.wav):
+            log("premature turns on readings with pauses between sentences...")
+            for reading in make_readings(Path(tempfile.gettempdir()) / "avatar-bench", log):
+                readings.append(asyncio.run(premature_turns(url, reading, log)))
     finally:
         if proc is not None:
             from avatar.soak import stop_server
@@ -372,6 +402,13 @@ def bench_main(args) -> int:
     offline = None if args.no_baseline else measure_offline(config, utterances, log)
     render = measure_render(config) if config.video.enabled else None
     report = summarise(levels, offline, render)
+    plain = plain_word_errors(config, utterances, log)
+    report["listening"] = {
+        "end_of_turn_ms": report["levels"][str(min(levels))]["stages"]["endpoint"],
+        "word_error_rate": report["levels"][str(min(levels))]["word_error_rate"],
+        "plain_word_error_rate": round(float(np.mean(list(plain.values()))), 3) if plain else None,
+        "readings": readings,
+    }
     argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
     report["run"] = {"command": " ".join(["avatar bench", *argv]),
                      "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",

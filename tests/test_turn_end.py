@@ -54,7 +54,19 @@ def test_policy_waits_longer_when_unsure_and_learns_the_speakers_pauses():
     assert policy.needed_silence_ms(0.9) >= 700 + cfg.rhythm_margin_ms > before
     assert policy.complete(0.99, cfg.ask_after_ms)  # a near-certain end still goes at once
     policy.went_on(50)  # too short to be a pause between sentences: not rhythm
-    assert max(policy.pauses) == 700
+    assert policy.pauses == [700]
+    policy.went_on(600)  # a reader: now even a near-certain end waits for their usual pause
+    assert not policy.complete(0.99, cfg.ask_after_ms) and policy.complete(0.99, 650 + cfg.rhythm_margin_ms)
+
+
+def test_the_speakers_rhythm_is_forgotten_after_a_while():
+    now = [0.0]
+    policy = EndOfTurnPolicy(TurnConfig(), clock=lambda: now[0])
+    policy.went_on(800)
+    policy.went_on(900)
+    assert not policy.complete(0.99, 300)
+    now[0] += 31
+    assert policy.pauses == [] and policy.complete(0.99, 300)
 
 
 class FixedTurnModel:

@@ -10,29 +10,48 @@ human reading, Smart Turn v3.2 said 0.25, 0.64, 0.74, 0.17, 0.51, 0.14, 0.98: at
 A clear end (p at least ``sure_probability``, 0.95) ends the turn at the first ask, ~200 ms into the
 silence; an unsure one waits up to ``max_silence``. And a speaker who has already paused and gone on (a reader between
 sentences, someone thinking aloud) has shown how long their pauses run: until the silence is longer than
-their longest recent pause plus a margin, only a near-certain model ends the turn.
+their longest recent pause plus a margin, only a near-certain model ends the turn, and after two such
+pauses even a near-certain one waits for their usual pause (median plus the margin). Pauses older than
+30 s are forgotten: a reader who stops reading and asks a question is answered quickly again.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections import deque
+from typing import Callable
+
+RHYTHM_WINDOW_S = 30.0  # pauses older than this no longer describe how the speaker talks now
 
 
 class EndOfTurnPolicy:
     """Per session (it learns the speaker's pauses); see the module doc. ``config``: avatar.config.TurnConfig."""
 
-    def __init__(self, config):
+    def __init__(self, config, clock: Callable[[], float] = time.monotonic):
         self.config = config
-        self.pauses: deque[float] = deque(maxlen=8)  # ms of recent pauses after which the speaker went on
+        self._clock = clock
+        self._pauses: deque[tuple[float, float]] = deque(maxlen=8)  # (ms, when) of pauses the speaker went on after
+
+    @property
+    def pauses(self) -> list[float]:
+        """Recent pauses (ms) after which the speaker went on."""
+        now = self._clock()
+        return [ms for ms, at in self._pauses if now - at <= RHYTHM_WINDOW_S]
 
     def needed_silence_ms(self, probability: float) -> float:
         cfg = self.config
-        if probability >= cfg.sure_probability:  # a clear end: at the first ask, whatever the rhythm
+        pauses = self.pauses
+        if probability >= cfg.sure_probability:
+            # A clear end goes at the first ask, unless this speaker has been pausing between complete
+            # sentences (a reader): then their usual pause must pass first.
+            if len(pauses) >= 2:
+                return min(statistics.median(pauses) + cfg.rhythm_margin_ms, cfg.max_silence_ms)
             return float(cfg.ask_after_ms)
         doubt = min(1.0, max(0.0, 1.0 - probability))
         needed = cfg.ask_after_ms + (cfg.max_silence_ms - cfg.ask_after_ms) * doubt ** cfg.sharpness
-        if self.pauses:
-            needed = max(needed, max(self.pauses) + cfg.rhythm_margin_ms)
+        if pauses:
+            needed = max(needed, max(pauses) + cfg.rhythm_margin_ms)
         return min(needed, cfg.max_silence_ms)
 
     def complete(self, probability: float, silence_ms: float) -> bool:
@@ -42,4 +61,4 @@ class EndOfTurnPolicy:
     def went_on(self, pause_ms: float) -> None:
         """The speaker resumed after a pause of ``pause_ms``: their rhythm."""
         if pause_ms >= self.config.ask_after_ms:
-            self.pauses.append(pause_ms)
+            self._pauses.append((pause_ms, self._clock()))
