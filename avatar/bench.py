@@ -402,7 +402,8 @@ def bench_main(args) -> int:
     offline = None if args.no_baseline else measure_offline(config, utterances, log)
     render = measure_render(config) if config.video.enabled else None
     report = summarise(levels, offline, render)
-    plain = plain_word_errors(config, utterances, log)
+    spoken = {r.utterance for rs in levels.values() for r in rs}  # compare on the same recordings
+    plain = plain_word_errors(config, [u for u in utterances if u.name in spoken], log)
     report["listening"] = {
         "end_of_turn_ms": report["levels"][str(min(levels))]["stages"]["endpoint"],
         "word_error_rate": report["levels"][str(min(levels))]["word_error_rate"],
