@@ -124,6 +124,9 @@ class LLMConfig:
     context_tokens: int = 4096  # per conversation
     # xllamacpp: conversations that generate at once, each with its own prompt cache; more sessions queue.
     slots: int = 4
+    # xllamacpp: a smaller model of the same family that drafts tokens for the main one to check
+    # (speculative decoding), e.g. "qwen2.5-0.5b" under "qwen2.5-1.5b"; "" for none. See BENCHMARKS.md.
+    draft_model: str = ""
     max_tokens: int = 160
     temperature: float = 0.6
 

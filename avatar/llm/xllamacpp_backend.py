@@ -77,6 +77,10 @@ class XLlamaCppLLM:
         params.cpuparams.n_threads = cfg.n_threads
         params.cpuparams_batch.n_threads = max(cfg.n_threads, cfg.n_threads_batch)
         params.n_gpu_layers = cfg.gpu_layers if gpu else 0
+        if cfg.draft_model:
+            params.speculative.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE]
+            params.speculative.draft.mparams.path = str(llm_gguf(cfg.draft_model))
+            params.speculative.draft.n_gpu_layers = params.n_gpu_layers
         params.verbosity = -1  # llama.cpp logs every request otherwise; errors reach the caller instead
         # The in-process server also listens on a random localhost port; only this process knows the key
         # (it uses that port for /tokenize, which needs no slot).
