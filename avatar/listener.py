@@ -75,6 +75,7 @@ class Listener:
         self._pause_ms = 0.0  # how long the current pause has lasted
         self._next_ask_ms = 0.0
         self._asking: asyncio.Task | None = None
+        self._decided: asyncio.Future | None = None  # woken at each frame while an early answer waits
         self._last_end_sample: int | None = None  # input position where the last utterance's speech ended
         self._pending_input = np.zeros(0, dtype=np.float32)
         self._pre_roll: deque[np.ndarray] = deque(
@@ -118,6 +119,8 @@ class Listener:
                 self._pre_roll.append(frame)
             for event in self.endpointer.update(prob, agent_speaking=self.session.agent_speaking()):
                 self._on_vad(event.kind, event.sample)
+            if self._decided is not None and not self._decided.done():
+                self._decided.set_result(None)  # an early answer waiting for the silence looks again
             if self.endpointer.paused:
                 self._pause_ms = self.endpointer.silence_ms
                 self._maybe_ask_turn_end()
@@ -143,8 +146,10 @@ class Listener:
             self.session.user_started()
         elif kind == "pause":
             self._pause += 1
-            self._next_ask_ms = self.services.config.turn.ask_after_ms
+            cfg = self.services.config.turn
+            self._next_ask_ms = cfg.ask_after_ms + cfg.ask_every_ms  # the early answer covers the first ask
             self._speculate()
+            self._ask_early()
         elif kind == "resume":
             self.policy.went_on(self._pause_ms)
             self._pause_ms = 0.0
@@ -165,25 +170,43 @@ class Listener:
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     # -- the end-of-turn model ----------------------------------------------------------------------------
+    def _ask_early(self) -> None:
+        """At the first silent frame, ask about the utterance followed by ``ask_after_ms`` of digital
+        silence, so the answer is ready when the real silence gets there (the model takes 40-150 ms)."""
+        if self.detector is None or self._utterance is None:
+            return
+        ask_after = self.services.config.turn.ask_after_ms
+        silence = np.zeros(int(ask_after * INPUT_SAMPLE_RATE / 1000), np.float32)
+        self._asking = self._ask(np.concatenate([self._utterance_audio(), silence]), ask_after)
+
     def _maybe_ask_turn_end(self) -> None:
+        """While paused: ask again every ``ask_every_ms`` once the early answer has been weighed."""
         if self.detector is None or self._utterance is None or self._pause_ms < self._next_ask_ms:
             return
         if self._asking is not None and not self._asking.done():
-            return
+            return  # an answer is on its way: it decides when it comes
         self._next_ask_ms = self._pause_ms + self.services.config.turn.ask_every_ms
-        pause, audio = self._pause, self._utterance_audio()
+        self._asking = self._ask(self._utterance_audio(), self._pause_ms)
+
+    def _ask(self, audio: np.ndarray, at_silence_ms: float) -> asyncio.Task:
+        pause = self._pause
 
         async def ask() -> None:
             probability = await self.services.turn_end_probability(audio)
-            if probability is None or pause != self._pause or not self.endpointer.paused or self._utterance is None:
-                return  # the model failed (the silence rule decides), or the user went on meanwhile
-            silence_ms = self.endpointer.silence_ms
-            log.debug("end of turn? p=%.2f after %.0f ms of silence", probability, silence_ms)
-            if self.policy.complete(probability, silence_ms):
-                event = self.endpointer.end_now()
-                self._on_vad(event.kind, event.sample)
+            if probability is None:
+                return  # the model failed: the silence rule decides
+            while pause == self._pause and self.endpointer.paused and self._utterance is not None:
+                silence_ms = self.endpointer.silence_ms
+                if silence_ms >= at_silence_ms:  # the early answer waits for the silence it assumed
+                    log.debug("end of turn? p=%.2f after %.0f ms of silence", probability, silence_ms)
+                    if self.policy.complete(probability, silence_ms):
+                        event = self.endpointer.end_now()
+                        self._on_vad(event.kind, event.sample)
+                    return
+                self._decided = asyncio.get_running_loop().create_future()
+                await self._decided  # the next microphone frame (see on_audio)
 
-        self._asking = self._task(ask())
+        return self._task(ask())
 
     def _maybe_partial(self) -> None:
         interval = self.services.config.asr.partial_interval_ms / 1000.0
