@@ -48,15 +48,14 @@ def test_policy_waits_longer_when_unsure_and_learns_the_speakers_pauses():
     needed = [policy.needed_silence_ms(p) for p in (0.99, 0.8, 0.5, 0.2, 0.0)]
     assert needed == sorted(needed) and needed[-1] == cfg.max_silence_ms
     assert policy.complete(0.0, cfg.max_silence_ms)  # the cap ends any turn
-    # A reader who paused 700 ms and went on: a likely-but-not-sure end waits past their rhythm.
+    # A reader who paused 700 ms and went on: an end waits past their rhythm.
     before = policy.needed_silence_ms(0.9)
     policy.went_on(700)
     assert policy.needed_silence_ms(0.9) >= 700 + cfg.rhythm_margin_ms > before
-    assert policy.complete(0.99, cfg.ask_after_ms)  # a near-certain end still goes at once
+    # A reader's sentences are complete too: even a near-certain end waits past their pauses.
+    assert not policy.complete(0.99, cfg.ask_after_ms) and policy.complete(0.99, 700 + cfg.rhythm_margin_ms)
     policy.went_on(50)  # too short to be a pause between sentences: not rhythm
     assert policy.pauses == [700]
-    policy.went_on(600)  # a reader: now even a near-certain end waits for their usual pause
-    assert not policy.complete(0.99, cfg.ask_after_ms) and policy.complete(0.99, 650 + cfg.rhythm_margin_ms)
 
 
 def test_the_speakers_rhythm_is_forgotten_after_a_while():

@@ -10,14 +10,13 @@ human reading, Smart Turn v3.2 said 0.25, 0.64, 0.74, 0.17, 0.51, 0.14, 0.98: at
 A clear end (p at least ``sure_probability``, 0.95) ends the turn at the first ask, ~200 ms into the
 silence; an unsure one waits up to ``max_silence``. And a speaker who has already paused and gone on (a reader between
 sentences, someone thinking aloud) has shown how long their pauses run: until the silence is longer than
-their longest recent pause plus a margin, only a near-certain model ends the turn, and after two such
-pauses even a near-certain one waits for their usual pause (median plus the margin). Pauses older than
-30 s are forgotten: a reader who stops reading and asks a question is answered quickly again.
+their longest recent pause plus a margin, not even a near-certain model ends the turn: a reader's
+sentences are complete too. Pauses older than 30 s are forgotten: a reader who stops reading and asks a
+question is answered quickly again.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import deque
 from typing import Callable
@@ -41,16 +40,13 @@ class EndOfTurnPolicy:
 
     def needed_silence_ms(self, probability: float) -> float:
         cfg = self.config
+        if probability >= cfg.sure_probability:  # a clear end goes at the first ask...
+            needed = float(cfg.ask_after_ms)
+        else:
+            doubt = min(1.0, max(0.0, 1.0 - probability))
+            needed = cfg.ask_after_ms + (cfg.max_silence_ms - cfg.ask_after_ms) * doubt ** cfg.sharpness
         pauses = self.pauses
-        if probability >= cfg.sure_probability:
-            # A clear end goes at the first ask, unless this speaker has been pausing between complete
-            # sentences (a reader): then their usual pause must pass first.
-            if len(pauses) >= 2:
-                return min(statistics.median(pauses) + cfg.rhythm_margin_ms, cfg.max_silence_ms)
-            return float(cfg.ask_after_ms)
-        doubt = min(1.0, max(0.0, 1.0 - probability))
-        needed = cfg.ask_after_ms + (cfg.max_silence_ms - cfg.ask_after_ms) * doubt ** cfg.sharpness
-        if pauses:
+        if pauses:  # ...unless this speaker has just paused that long and gone on (a reader)
             needed = max(needed, max(pauses) + cfg.rhythm_margin_ms)
         return min(needed, cfg.max_silence_ms)
 
