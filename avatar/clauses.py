@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import re
 
-_SENTENCE_END = re.compile(r"[.!?。！？…]+[\"')\]]*(?=\s|$)|\n+")
-_CLAUSE_END = re.compile(r"[,;:，；：、—]+(?=\s|$)")
+# Western punctuation ends a clause only before a space ("3.5", "e.g." stay whole); Chinese punctuation
+# ends one where it stands, since Chinese puts no space after it.
+_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s|$)|[。！？]+[”’」』）)]*|\n+")
+_CLAUSE_END = re.compile(r"[,;:—]+(?=\s|$)|[，；：、]+")
+# A Chinese character is a syllable, about as long spoken as three letters of English: lengths are
+# counted in these units, so "12 characters" means the same speech time in both languages.
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+CJK_WIDTH = 3
+
+
+def width(text: str) -> int:
+    """Length of ``text`` in Latin-letter units (a CJK character counts CJK_WIDTH)."""
+    return len(text) + (CJK_WIDTH - 1) * len(_CJK.findall(text))
 # Markdown and emoji mean nothing spoken; strip them before synthesis.
 _UNSPEAKABLE = re.compile(r"[*_#`~|<>\[\]{}]|[\U0001F000-\U0001FAFF\u2600-\u27BF]")
 
@@ -48,33 +59,47 @@ class ClauseSplitter:
         text = self._buffer
         minimum = self.first_min_chars if self._emitted == 0 else self.min_chars
         for match in _SENTENCE_END.finditer(text):
-            if match.end() >= min(minimum, self.first_min_chars) and len(text) > match.end():
+            if width(text[:match.end()]) >= min(minimum, self.first_min_chars) and len(text) > match.end():
                 return match.end()
         if self._emitted == 0:
             for match in _CLAUSE_END.finditer(text):
-                if match.end() >= minimum and len(text) > match.end():
+                if width(text[:match.end()]) >= minimum and len(text) > match.end():
                     return match.end()
-        if len(text) > self.max_chars:  # a run-on sentence: cut at the last space
-            space = text.rfind(" ", 0, self.max_chars)
-            return space if space > 0 else self.max_chars
+        if width(text) > self.max_chars:  # a run-on sentence: cut at the last space (Chinese: at the limit)
+            limit = _index_at_width(text, self.max_chars)
+            space = text.rfind(" ", 0, limit)
+            return space if space > 0 else limit
         return None
+
+
+def _index_at_width(text: str, limit: int) -> int:
+    total = 0
+    for i, ch in enumerate(text):
+        total += CJK_WIDTH if _CJK.match(ch) else 1
+        if total > limit:
+            return max(1, i)
+    return len(text)
 
 
 def heard_text(spans: list[tuple[int, int, str]], position: int) -> str:
     """The part of a reply the listener heard, given (start, end, text) spans of audio on the output
     timeline and the playback position when it stopped. Within a partly played span the text is cut in
-    proportion to the time played, at a word boundary."""
+    proportion to the time played, at a word boundary; Chinese, which has no spaces, by characters."""
     words: list[str] = []
     for start, end, text in spans:
         if position >= end:
             words.append(text)
         elif position > start:
             fraction = (position - start) / max(1, end - start)
-            tokens = text.split()
+            chinese = _CJK.search(text) is not None
+            tokens = list(text) if chinese else text.split()
             n = int(len(tokens) * fraction)
             if n:
-                words.append(" ".join(tokens[:n]))
+                words.append(("" if chinese else " ").join(tokens[:n]))
             break
         else:
             break
-    return " ".join(w for w in words if w).strip()
+    out = ""
+    for w in (w for w in words if w):  # no space between Chinese clauses, one between others
+        out += w if not out or _CJK.match(out[-1]) or _CJK.match(w[0]) else " " + w
+    return out.strip()
