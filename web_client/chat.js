@@ -1,4 +1,5 @@
 // The conversation log and the live transcript line.
+import { t as tr } from './i18n.js';
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -42,7 +43,7 @@ export class ChatLog {
       else if (item.role === 'system') continue;
       else this._message('agent', this.agentName, item.text, 'history');
     }
-    if (history && history.length) this.system(resumed ? 'Conversation resumed' : 'Your earlier conversation');
+    if (history && history.length) this.system(tr(resumed ? 'resumed' : 'earlier'));
     this._scroll();
   }
 
@@ -105,9 +106,9 @@ export class ChatLog {
       } else {
         t.heardEl.textContent = reply;
         t.unheardEl.textContent = '';
-        t.heardNoteEl.textContent = `Heard: “${heard}”`;
+        t.heardNoteEl.textContent = `${tr('heard')}: “${heard}”`;
       }
-      t.tagEl.textContent = '(interrupted)';
+      t.tagEl.textContent = tr('interrupted');
       t.unheardEl.title = 'Not heard: the reply was interrupted here';
     } else {
       t.heardEl.textContent = reply;

@@ -15,6 +15,7 @@ import numpy as np
 
 from avatar.config import PersonaConfig, TTSConfig
 from avatar.errors import ModelMissingError
+from avatar.tts import zh_text
 from avatar.tts.base import Phoneme, SpeechChunk
 from avatar.weights import cache_dir, piper_voice
 
@@ -66,6 +67,18 @@ def aligned_model(source: Path) -> tuple[Path, bool]:
     return cached, True
 
 
+def _check_g2pw(voice: Path) -> None:
+    """Piper's pinyin voices (newer zh_CN ones) need the g2pW model, which Piper downloads on first use.
+    avatar downloads nothing at run time: say where the files go instead of failing later, offline."""
+    folder = cache_dir() / "piper" / "g2pW"
+    if not (folder / "g2pw.onnx").is_file():
+        raise ModelMissingError(
+            f"voice {voice.name} reads Chinese through pinyin with the g2pW model, which is not in {folder}. "
+            f"Fix: unpack g2pW (g2pw.onnx and its files) into that folder, or use a Chinese Piper voice whose "
+            f".onnx.json says \"espeak\": {{\"voice\": \"cmn\"}} (e.g. zh_CN-huayan-medium), or leave the "
+            f"voice unset for espeak-ng Mandarin")
+
+
 class PiperTTS:
     """Thread-safe: Piper guards its phonemizer with a lock and onnxruntime sessions allow concurrent runs."""
 
@@ -91,13 +104,18 @@ class PiperTTS:
         # Built directly: PiperVoice.load(include_alignments=True) would patch the graph again at every start.
         self.voice = PiperVoice(session=session, config=config, download_dir=cache_dir() / "piper")
         self.sample_rate = config.sample_rate
+        # A Chinese voice reads digits its own way; numbers and dates are written out first (zh_text).
+        self.chinese = config.espeak_voice.lower().startswith(("cmn", "zh", "yue")) or config.phoneme_type.value == "pinyin"
+        if config.phoneme_type.value == "pinyin":
+            _check_g2pw(self.voice_path)
         self._syn = SynthesisConfig(length_scale=cfg.length_scale)
 
     def synthesize(self, text: str) -> Iterator[SpeechChunk]:
         for sentence in split_sentences(text):
+            spoken = zh_text.normalize(sentence) if self.chinese else sentence
             audio, phonemes, offset = [], [], 0
             # Piper may split a sentence further; joining keeps one chunk per sentence of ours, with its text.
-            for part in self.voice.synthesize(sentence, self._syn, include_alignments=self.has_timings):
+            for part in self.voice.synthesize(spoken, self._syn, include_alignments=self.has_timings):
                 audio.append(part.audio_int16_array)
                 t = offset
                 for a in part.phoneme_alignments or []:
