@@ -110,6 +110,7 @@ class XLlamaCppLLM:
             raise ModelMissingError(f"cannot load GGUF model {self.path}: {box['error']}") from None
         self.server = box["server"]
         self._tokenize_url = self.server.listening_address.rstrip("/") + "/tokenize"
+        self._http = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost: never via a proxy
         atexit.register(self.close)
 
     def close(self) -> None:
@@ -133,7 +134,7 @@ class XLlamaCppLLM:
         request = urllib.request.Request(self._tokenize_url, body, {
             "Content-Type": "application/json", "Authorization": f"Bearer {self._api_key}"})
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with self._http.open(request, timeout=10) as response:
                 return list(json.loads(response.read())["tokens"])
         except (OSError, ValueError, KeyError) as exc:
             raise StageError(f"the LLM could not count tokens: {exc}") from None
