@@ -61,7 +61,10 @@ def resolve_llm(cfg: LLMConfig, progress: Callable[[str], None] = lambda line: N
         progress(f"WARNING: llm.backend '{cfg.backend}' is deprecated; using '{new}'")
         cfg = dataclasses.replace(cfg, backend=new)
     _check("llm", cfg.backend, LLM_BACKENDS)
-    if cfg.model == "auto" and cfg.backend != "openai":
+    if cfg.model == "auto" and cfg.backend == "openai":
+        progress("WARNING: llm.model is \"auto\": the server is asked for a model named \"auto\", which only servers "
+                 "with one model accept (llama-server does); set llm.model=NAME for vLLM or Ollama")
+    elif cfg.model == "auto":
         from avatar.tiers import pick_llm_tier
 
         model, reason = pick_llm_tier(device=cfg.device)
