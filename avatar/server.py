@@ -29,7 +29,7 @@ from websockets.http11 import Request, Response
 from avatar import faults
 from avatar.access import AccessPolicy, Refusal, admit
 from avatar.errors import AvatarError, FaceError, ProtocolError
-from avatar.limits import AddressBook, ConnectionGuard, LimitHit
+from avatar.limits import AddressBook, ConnectionGuard, LimitHit, StallWatch
 from avatar.memory import Turn
 from avatar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from avatar.metrics import ServerMetrics
@@ -53,13 +53,23 @@ class AvatarServer:
         self.addresses = AddressBook()  # open connections per client address
         self.connections: dict[ServerConnection, Outbound] = {}
         self.metrics = ServerMetrics(sessions=lambda: len(self.sessions), connections=self.addresses.total)
+        self.metrics.watch_memory(runtime.memory)
         self.closing = False
 
     # -- HTTP ------------------------------------------------------------------------------------------
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
+        refusal = None
+        if path in ("/ws", "/auth", "/metrics"):  # duplicate headers, and token guesses (backoff per address)
+            address = self.access.client_address(connection.remote_address, request.headers)
+            refusal = self.access.check_request(request.path, request.headers, address, ws=path != "/metrics")
+            if refusal is not None and refusal.reason == "token" and self.access.presented_token(request.path,
+                                                                                                 request.headers):
+                self.metrics.wrong_tokens.inc(path=path)
+            if refusal is not None and path != "/ws":
+                self.metrics.http_refused.inc(path=path, reason=refusal.reason)
         if path == "/ws":
-            refusal = self._check_handshake(connection, request)
+            refusal = self._check_handshake(connection, request, refusal)
             if refusal is not None:
                 self.metrics.refused.inc(reason=refusal.reason)
                 log.info("refused a connection from %s: %s", connection.remote_address, refusal.reason)
@@ -67,23 +77,20 @@ class AvatarServer:
             return None  # go on with the WebSocket handshake
         if path == "/healthz":
             health = self._health()
-            status = http.HTTPStatus.OK if health["status"] == "ok" else http.HTTPStatus.SERVICE_UNAVAILABLE
+            status = http.HTTPStatus.SERVICE_UNAVAILABLE if health["status"] == "unavailable" else http.HTTPStatus.OK
             return self._response(status, json.dumps(health).encode(), "application/json")
         if path == "/auth":  # what /ws would answer, readable by a page (browsers hide refused handshakes)
-            refusal = self.access.check_ws(request.path, request.headers)
             if refusal is not None:
                 return self._refuse(refusal)
             return self._response(http.HTTPStatus.OK, b"ok\n", "text/plain")
         if path == "/metrics":
-            refusal = self.access.check_token(request.path, request.headers)
             if refusal is not None:
                 return self._refuse(refusal)
             return self._response(http.HTTPStatus.OK, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
         return self._static(path)
 
-    def _check_handshake(self, connection: ServerConnection, request: Request) -> Refusal | None:
+    def _check_handshake(self, connection: ServerConnection, request: Request, refusal: Refusal | None) -> Refusal | None:
         limits = self.rt.config.limits
-        refusal = self.access.check_ws(request.path, request.headers)
         if refusal is not None:
             return refusal
         if self.closing:
@@ -101,15 +108,20 @@ class AvatarServer:
         response = self._response(http.HTTPStatus(refusal.status), refusal.body.encode(), "text/plain; charset=utf-8")
         if refusal.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="avatar"'
+        if refusal.retry_after:
+            response.headers["Retry-After"] = str(refusal.retry_after)
         return response
 
     def _health(self) -> dict:
         rt = self.rt
         models = {name: getattr(rt.models, name, None) is not None for name in ("vad", "asr", "llm", "tts")}
         memory_ok = rt.memory.ping()
+        storage = rt.memory.condition()  # writes: "ok", or "full" / "locked" / "error" with turns queued
+        status = "ok" if all(models.values()) and memory_ok and not self.closing else "unavailable"
         health = {
-            "status": "ok" if all(models.values()) and memory_ok and not self.closing else "unavailable",
-            "models": models, "memory": memory_ok, "video": rt.faces is not None,
+            # Degraded: conversations go on, but new turns are kept in memory until storage works again.
+            "status": "degraded" if status == "ok" and storage["state"] != "ok" else status,
+            "models": models, "memory": memory_ok, "storage": storage, "video": rt.faces is not None,
             "faces": len(rt.faces.names) if rt.faces is not None else 0,
             "sessions": len(self.sessions), "connections": self.addresses.total(),
             "max_sessions": rt.config.limits.max_sessions, "uptime_s": round(time.time() - self.started, 1),
@@ -123,13 +135,17 @@ class AvatarServer:
 
     def _static(self, path: str) -> Response:
         relative = path.lstrip("/") or "index.html"
-        target = (self.web_root / relative).resolve()
-        if not target.is_relative_to(self.web_root) or not target.is_file():
+        try:  # a NUL byte (ValueError) or an over-long name (OSError) is just a file that is not there
+            target = (self.web_root / relative).resolve()
+            if not target.is_relative_to(self.web_root) or not target.is_file():
+                raise FileNotFoundError(relative)
+            body = target.read_bytes()
+        except (OSError, ValueError):
             return self._response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if target.suffix == ".js":
             content_type = "text/javascript"  # module scripts and worklets need a JavaScript type
-        return self._response(http.HTTPStatus.OK, target.read_bytes(), content_type)
+        return self._response(http.HTTPStatus.OK, body, content_type)
 
     @staticmethod
     def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -153,6 +169,9 @@ class AvatarServer:
         self.connections[ws] = outbound
         busy = lambda: session is not None and (session.turn is not None or outbound.is_playing())  # noqa: E731
         watchdog = asyncio.create_task(self._watch_idle(ws, outbound, guard, busy))
+        # Bounded memory whatever the client sends: cut it when it stops reading (avatar/limits.py).
+        stall = asyncio.create_task(StallWatch(lambda: ws.transport, limits.send_stall_s, limits.max_queued_bytes,
+                                               lambda reason: self._cut(ws, reason)).run())
         try:
             if self.addresses.count(address) > limits.max_sessions_per_client:  # handshakes that raced
                 await self._close(ws, outbound, {**LimitHit("limits.max_sessions_per_client", f"{address} "
@@ -204,12 +223,14 @@ class AvatarServer:
                 pass
         finally:
             if session is not None:
-                session.close()
+                session.close()  # stores the heard part of a turn in progress
+                rt.memory.forget_session(session.session_id)  # a session without a turn leaves no row
                 self.sessions.discard(session)
                 log.info("session %s closed (%s)", session.session_id[:8], peer)
             outbound.closed = True
             sender.cancel()
             watchdog.cancel()
+            stall.cancel()
             self.connections.pop(ws, None)
             self.addresses.remove(address)
             self.metrics.untrack(outbound)
@@ -273,6 +294,13 @@ class AvatarServer:
                     ws.transport.abort()
 
         asyncio.get_running_loop().create_task(close())
+
+    def _cut(self, ws: ServerConnection, reason: str) -> None:
+        """A client that does not read gets no close handshake (it would wait behind the full buffer)."""
+        self.metrics.closed.inc(reason="stalled")
+        log.info("cut a connection from %s that stopped reading: %s", ws.remote_address, reason)
+        if ws.transport is not None:
+            ws.transport.abort()
 
     async def _watch_idle(self, ws: ServerConnection, outbound: Outbound, guard: ConnectionGuard, busy) -> None:
         """Close a connection that sent nothing for ``limits.idle_timeout_s`` (a reply in progress counts
@@ -343,7 +371,7 @@ class AvatarServer:
 
             controls = {"fps": cfg.fps, "ranges": {name: list(r) for name, r in CONTROLS.items()}}
         outbound.send_json({
-            "type": "ready", "session_id": session_id, "resume_key": admission.resume_key, "user_id": user_id,
+            "type": "ready", "session_id": session_id, "resume_key": admission.resume_key, "user_id": admission.name,
             "user_key": admission.user_key, "resumed": resumed,
             "history": [m for t in history for m in ({"role": "user", "text": t.user_text},
                                                      {"role": "assistant", "text": t.reply_text})],

@@ -398,12 +398,7 @@ class Session:
             heard = heard_text(turn.spans, self.out.clock() if position is None else position)
         else:
             heard = turn.reply.strip()
-        record = Turn(turn.user_text, heard, interrupted)
-        self.history.append(record)
-        try:
-            self.rt.memory.add_turn(self.session_id, self.user_id, record, turn.reply)
-        except Exception as exc:  # noqa: BLE001 - the reply was given; report that it was not saved
-            self.error(StageError(f"could not save the turn to memory: {exc}"), where="memory")
+        self._remember(turn, heard, interrupted)
         audio_samples = sum(end - start for start, end, _ in turn.spans)
         names = ("endpoint", "asr_final", "llm_first_token", "first_clause", "tts_first_audio",
                  "audio_out", "first_frame")
@@ -416,10 +411,26 @@ class Session:
             self.turn = None
         self.set_state("listening")
 
+    def _remember(self, turn: TurnState, heard: str, interrupted: bool) -> None:
+        record = Turn(turn.user_text, heard, interrupted)
+        self.history.append(record)
+        try:  # queued for the memory writer thread: never waits for the disk
+            self.rt.memory.add_turn(self.session_id, self.user_id, record, turn.reply)
+        except Exception as exc:  # noqa: BLE001 - the reply was given; report that it was not saved
+            if not self.closed:
+                self.error(exc if isinstance(exc, AvatarError) else
+                           StageError(f"could not save the turn to memory: {exc}"), where="memory")
+
     def close(self) -> None:
+        """The connection is gone: a released turn in progress is stored with what was heard of it, as on
+        an interrupt, but without telling the client (nobody is there to tell)."""
         self.closed = True
-        if self.turn is not None:
-            self._cancel_turn(self.turn)
+        turn = self.turn
+        if turn is not None:
+            self._cancel_turn(turn)
+            if turn.released and not turn.finished:
+                turn.finished = True
+                self._remember(turn, heard_text(turn.spans, self.out.clock()), interrupted=True)
         for task in (self._partial_task, self._speculation[1] if self._speculation else None):
             if task is not None:
                 task.cancel()
