@@ -11,12 +11,15 @@ connections per client address for ``max_sessions_per_client``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 from avatar.protocol import INPUT_SAMPLE_RATE, error_event
+
+log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 2.0
 
@@ -157,7 +160,8 @@ class StallWatch:
     a client that sends pings and never reads grows the server's memory, and websockets' own keepalive
     cannot help (its ping waits for the full buffer to drain, so ``ping_timeout`` never starts). This
     task samples the transport's write buffer: over ``max_bytes`` the connection is cut at once; above the
-    transport's high-water mark (writing paused) without ever shrinking for ``stall_s``, it is cut too.
+    transport's high-water mark (writing paused) without ever shrinking for ``stall_s``, it is cut too
+    (aborted: ``on_stall`` is told why, for metrics).
     A slow client that reads at all shrinks the buffer now and then and is left alone."""
 
     def __init__(self, transport: Callable[[], object], stall_s: float, max_bytes: int,
@@ -192,6 +196,10 @@ class StallWatch:
                 return
             reason = self.check()
             if reason is not None:
+                # No close handshake: the close frame would wait behind the full buffer.
+                log.info("cut a connection from %s that stopped reading: %s",
+                         transport.get_extra_info("peername"), reason)
+                transport.abort()
                 self.on_stall(reason)
                 return
 

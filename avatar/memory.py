@@ -101,7 +101,7 @@ def prepare_data_dir(directory: Path) -> None:
         probe.unlink()
     except OSError as exc:
         why = exc.strerror or str(exc)
-        if exc.errno in (errno.EROFS,):
+        if exc.errno == errno.EROFS:
             why += " (the file system is mounted read-only)"
         raise ConfigError(f"the data directory {directory} cannot be used: {why}. {what}.") from None
 
@@ -128,13 +128,10 @@ def _connect(path: Path, busy_ms: int) -> sqlite3.Connection:
 
 def classify(exc: BaseException) -> str:
     """'full' | 'locked' | 'error': what a failed write means for the operator."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    text = str(exc).lower()
-    if code == sqlite3.SQLITE_FULL or "disk is full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+    code, text = getattr(exc, "sqlite_errorcode", None), str(exc).lower()
+    if code == sqlite3.SQLITE_FULL or "disk is full" in text:
         return "full"
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text or "busy" in text:
-        return "locked"
-    return "error"
+    return "locked" if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text else "error"
 
 
 class MemoryStore:

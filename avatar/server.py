@@ -171,7 +171,7 @@ class AvatarServer:
         watchdog = asyncio.create_task(self._watch_idle(ws, outbound, guard, busy))
         # Bounded memory whatever the client sends: cut it when it stops reading (avatar/limits.py).
         stall = asyncio.create_task(StallWatch(lambda: ws.transport, limits.send_stall_s, limits.max_queued_bytes,
-                                               lambda reason: self._cut(ws, reason)).run())
+                                               lambda reason: self.metrics.closed.inc(reason="stalled")).run())
         try:
             if self.addresses.count(address) > limits.max_sessions_per_client:  # handshakes that raced
                 await self._close(ws, outbound, {**LimitHit("limits.max_sessions_per_client", f"{address} "
@@ -294,13 +294,6 @@ class AvatarServer:
                     ws.transport.abort()
 
         asyncio.get_running_loop().create_task(close())
-
-    def _cut(self, ws: ServerConnection, reason: str) -> None:
-        """A client that does not read gets no close handshake (it would wait behind the full buffer)."""
-        self.metrics.closed.inc(reason="stalled")
-        log.info("cut a connection from %s that stopped reading: %s", ws.remote_address, reason)
-        if ws.transport is not None:
-            ws.transport.abort()
 
     async def _watch_idle(self, ws: ServerConnection, outbound: Outbound, guard: ConnectionGuard, busy) -> None:
         """Close a connection that sent nothing for ``limits.idle_timeout_s`` (a reply in progress counts
