@@ -332,10 +332,21 @@ def test_a_client_that_sends_pings_and_never_reads_is_cut(server):
             break
         peak = max(peak, resident_memory_bytes(server.proc.pid) or 0)
     sock.close()
-    assert cut is not None, f"still open after 20 s and {sent >> 20} MB of pings"
+    assert cut is not None, f"still open after 20 s and {sent[0] >> 20} MB of pings, RSS +{(peak - rss_start) >> 20} MB"
+    print(f"ping flood: cut after {cut:.1f} s, {sent[0] >> 20} MB sent, RSS +{(peak - rss_start) >> 20} MB")
     assert cut < 10, cut
     assert peak - rss_start < 48 << 20, (peak - rss_start) >> 20
-    assert metrics(server)['avatar_connections_closed_total{reason="stalled"}'] >= 1
+    # Fewer pongs than limits.max_queued_bytes, then silence: cut after limits.send_stall_s (2 s here).
+    sock = _ws_handshake(server.port)
+    sock.sendall(ping * 40000)  # 5 MB of pings: the pongs fill the socket buffers and then some
+    time.sleep(4.0)
+    with pytest.raises(OSError):
+        for _ in range(50):
+            sock.sendall(ping)
+            time.sleep(0.05)
+    sock.close()
+    assert "stopped reading: nothing read for" in server.log()
+    assert metrics(server)['avatar_connections_closed_total{reason="stalled"}'] >= 2
     assert health(server)["status"] == "ok"
 
 
@@ -425,7 +436,7 @@ def _in_namespace(script: str, *args: str) -> list[str]:
     return ["unshare", "-m", "--", "sh", "-c", script, "sh", *args]
 
 
-def test_a_read_only_data_dir_says_which_why_and_what_to_do(tmp_path):
+def test_a_read_only_data_dir_says_which_why_and_what_to_do(llm_url, tmp_path):
     data = tmp_path / "ro"
     data.mkdir()
     if os.geteuid() != 0:
@@ -435,6 +446,8 @@ def test_a_read_only_data_dir_says_which_why_and_what_to_do(tmp_path):
         cmd = _in_namespace('mount -t tmpfs -o ro,size=64k tmpfs "$1" && shift && exec "$@"', str(data),
                             sys.executable, "-m", "avatar", "serve", "--port", str(free_port()), "--data-dir",
                             str(data))
+    for key, value in settings(llm_url).items():
+        cmd += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
