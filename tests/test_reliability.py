@@ -519,7 +519,11 @@ def test_the_store_queues_writes_retries_them_and_answers_from_the_queue(tmp_pat
     from avatar.memory import MemoryStore, Turn
 
     path = tmp_path / "data" / "memory.sqlite3"
+    path.parent.mkdir(mode=0o755)
+    sqlite3.connect(path).close()
+    os.chmod(path, 0o644)  # as an older version left them
     store = MemoryStore(path, retry_s=0.1)
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
     holder = sqlite3.connect(path, isolation_level=None)
     try:
         sid = store.create_session(None, None, secret_hash("k" * 32))
