@@ -226,18 +226,21 @@ class AccessPolicy:
     def check_ws(self, path: str, headers) -> Refusal | None:
         return self.check_host(headers) or self.check_origin(headers) or self.check_token(path, headers)
 
-    def check_request(self, path: str, headers, address: str, *, ws: bool = True) -> Refusal | None:
+    def check_request(self, path: str, headers, remote_address, *, ws: bool = True,
+                      on_wrong=lambda **labels: None) -> Refusal | None:
         """``check_ws`` (or only the token with ``ws=False``), with duplicate headers refused and wrong
-        tokens counted per address (``GuessLimiter``): a guesser is told to wait, and each wrong token
-        is logged."""
+        tokens counted per client address (``GuessLimiter``): a guesser is told to wait, and each wrong
+        token is logged and reported to ``on_wrong(path=...)`` (a metric)."""
         refusal = duplicate_header(headers)
         if refusal is not None:
             return refusal
+        address = self.client_address(remote_address, headers)
         if self.required and (wait := self.guesses.wait_s(address)) > 0:
             return self.guesses.refusal(address, wait)
         refusal = self.check_ws(path, headers) if ws else self.check_token(path, headers)
         if refusal is not None and refusal.reason == "token" and self.presented_token(path, headers):
             count, wait = self.guesses.failed(address)
+            on_wrong(path=urlsplit(path).path)
             log.warning("wrong access token from %s on %s (%d in a row%s)", address, urlsplit(path).path, count,
                         f"; its next token is checked in {wait:g} s" if wait else "")
         elif refusal is None and self.required:

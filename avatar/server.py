@@ -61,11 +61,8 @@ class AvatarServer:
         path = urlsplit(request.path).path
         refusal = None
         if path in ("/ws", "/auth", "/metrics"):  # duplicate headers, and token guesses (backoff per address)
-            address = self.access.client_address(connection.remote_address, request.headers)
-            refusal = self.access.check_request(request.path, request.headers, address, ws=path != "/metrics")
-            if refusal is not None and refusal.reason == "token" and self.access.presented_token(request.path,
-                                                                                                 request.headers):
-                self.metrics.wrong_tokens.inc(path=path)
+            refusal = self.access.check_request(request.path, request.headers, connection.remote_address,
+                                                ws=path != "/metrics", on_wrong=self.metrics.wrong_tokens.inc)
             if refusal is not None and path != "/ws":
                 self.metrics.http_refused.inc(path=path, reason=refusal.reason)
         if path == "/ws":
