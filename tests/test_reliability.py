@@ -550,3 +550,35 @@ def test_the_store_queues_writes_retries_them_and_answers_from_the_queue(tmp_pat
         holder.close()
         store.close()
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_the_stall_watch_spares_a_slow_reader_and_cuts_a_silent_one():
+    from avatar.limits import StallWatch
+
+    class Transport:
+        size = 0
+
+        def is_closing(self):
+            return False
+
+        def get_write_buffer_size(self):
+            return self.size
+
+        def get_write_buffer_limits(self):
+            return (8192, 32768)
+
+    now = [0.0]
+    transport = Transport()
+    watch = StallWatch(lambda: transport, stall_s=2.0, max_bytes=1 << 20, on_stall=print, clock=lambda: now[0])
+    for step in range(100):  # 10 s above the high-water mark, read now and then: never cut
+        now[0] = step * 0.1
+        transport.size = 200_000 + (step % 7) * 10_000
+        assert watch.check() is None
+    for step in range(19):  # then nothing read for 1.9 s: not yet
+        now[0] += 0.1
+        transport.size += 1000
+        assert watch.check() is None
+    now[0] += 0.2
+    assert "limits.send_stall_s" in watch.check()
+    transport.size = 2 << 20
+    assert "limits.max_queued_bytes" in StallWatch(lambda: transport, 2.0, 1 << 20, print).check()
