@@ -86,7 +86,8 @@ class AvatarServer:
             return self._response(http.HTTPStatus.OK, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
         return self._static(path)
 
-    def _check_handshake(self, connection: ServerConnection, request: Request, refusal: Refusal | None) -> Refusal | None:
+    def _check_handshake(self, connection: ServerConnection, request: Request,
+                         refusal: Refusal | None) -> Refusal | None:
         limits = self.rt.config.limits
         if refusal is not None:
             return refusal

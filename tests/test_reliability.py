@@ -421,7 +421,8 @@ def test_auth_guesses_back_off_per_address_are_logged_and_counted(llm_url, tmp_p
         values = metrics(proc, f"?token={token}")
         assert values['avatar_wrong_tokens_total{path="/auth"}'] == checked + 1
         assert values['avatar_http_refused_total{path="/auth",reason="token_backoff"}'] >= 190
-        logged = lambda: [l for l in proc.log().splitlines() if "wrong access token from 127.0.0.1 on /auth" in l]  # noqa: E731
+        mark = "wrong access token from 127.0.0.1 on /auth"
+        logged = lambda: [line for line in proc.log().splitlines() if mark in line]  # noqa: E731
         lines = wait_until(lambda: len(logged()) == checked + 1 and logged(), 5) or logged()
         assert len(lines) == checked + 1 and "checked in 1 s" in lines[5]
         print(f"/auth: {len(answers)} guesses at {rate:.0f}/s, {checked} checked")
