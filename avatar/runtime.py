@@ -158,6 +158,9 @@ class Runtime:
             release_hangs()
         for pool in (self.asr_pool, self.llm_pool, self.tts_pool, self.render_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        close_llm = getattr(getattr(self.models, "llm", None), "close", None)
+        if close_llm is not None:
+            close_llm()  # stops its generations: one still running when the process exits crashes it
         self.memory.close()
 
     # -- model calls, off the event loop --------------------------------------------------------------

@@ -252,7 +252,8 @@ class Session:
 
         async def finish() -> None:
             try:
-                text = await (speculation[1] if speculation is not None else self.rt.transcribe(audio, kind="final", session=self.session_id))
+                text = await (speculation[1] if speculation is not None
+                              else self.rt.transcribe(audio, kind="final", session=self.session_id))
             except Exception as exc:  # noqa: BLE001
                 self.error(StageError(f"speech recognition failed: {exc}. Please say that again."),
                            where="ASR")

@@ -48,5 +48,6 @@ def pick_llm_tier(*, device: str = "cpu", cores: int | None = None, gpu: bool | 
     if not gpu and cores < LARGE_TIER_CORES:
         return SMALL, f"auto: {machine}"
     if not large_installed:
-        return SMALL, f"auto: {machine}; {LARGE} would fit but its extra is not installed: pip install 'avatar[llm-large]'"
+        return SMALL, (f"auto: {machine}; {LARGE} would fit but its extra is not installed: "
+                       "pip install 'avatar[llm-large]'")
     return LARGE, f"auto: {machine}"

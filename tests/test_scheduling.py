@@ -156,3 +156,39 @@ def test_slot_table_waits_in_order_and_gives_up_on_cancel():
     table.release(slot)
     waiter.join(5)
     assert results["b"][0] == slot and results["b"][1] > 0
+
+
+async def test_runtime_routes_sessions_through_fair_turns(tmp_path):
+    import numpy as np
+
+    from avatar.config import Config
+    from avatar.memory import MemoryStore
+    from avatar.runtime import Runtime
+    from tests.fakes import WordLLM, fake_models
+
+    llm = WordLLM(reply="hi there", delay=0)
+    rt = Runtime(Config(), fake_models(llm=llm), MemoryStore(tmp_path / "m.sqlite3"))
+    try:
+        pieces = [p async for p in rt.stream_chat([{"role": "user", "content": "x"}], threading.Event(), session="s1")]
+        assert "".join(pieces).strip() == "hi there" and llm.conversations == ["s1"]
+        speech = np.ones(16000, np.float32) * 0.1
+        assert await rt.transcribe(speech, kind="final", session="s1")  # FixedASR's text
+        # Both ASR turns busy: a partial is skipped, a final waits, and goes when its session does.
+        hold = asyncio.Event()
+
+        async def occupy():
+            async with rt.asr_queue.turn("other", "final"):
+                await hold.wait()
+
+        holders = [asyncio.create_task(occupy()) for _ in range(rt.asr_queue.capacity)]
+        await _settle()
+        assert await rt.transcribe(speech, partial=True, session="gone") is None
+        waiting = asyncio.create_task(rt.transcribe(speech, kind="final", session="gone"))
+        await _settle()
+        assert rt.asr_queue.queued_for("gone") == 1
+        rt.forget_session("gone")
+        assert await waiting is None and rt.asr_queue.queued == 0
+        hold.set()
+        await asyncio.gather(*holders)
+    finally:
+        rt.close()

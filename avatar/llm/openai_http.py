@@ -63,6 +63,7 @@ class OpenAIHTTPLLM:
         max_tokens: int = 256,
         temperature: float = 0.7,
         cancel: threading.Event | None = None,
+        conversation: str | None = None,  # the remote server keeps (or not) its own prompt cache: unused
     ) -> Iterator[str]:
         if cancel is not None and cancel.is_set():
             return

@@ -38,6 +38,9 @@ def _load(tf, path: Path, dtype):
 
 
 class TransformersLLM:
+    # One generation at a time (the lock below); more sessions queue fairly in the runtime.
+    max_concurrent = 1
+
     def __init__(self, cfg: LLMConfig):
         torch, tf = _imports()
         path = llm_gguf(cfg.model) if cfg.model in LLM_PRESETS else Path(cfg.model).expanduser()
@@ -71,6 +74,7 @@ class TransformersLLM:
         max_tokens: int = 256,
         temperature: float = 0.7,
         cancel: threading.Event | None = None,
+        conversation: str | None = None,  # no prompt cache kept between calls: unused
     ) -> Iterator[str]:
         torch, tf = self._torch, self._tf
         stop = threading.Event()  # set when the caller cancels or stops reading

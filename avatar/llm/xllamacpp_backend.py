@@ -11,11 +11,13 @@ Each conversation keeps a slot (``avatar.llm.slots``): its next turn evaluates o
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import queue
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Iterator
@@ -40,6 +42,10 @@ NICE = 5
 # llama.cpp keeps prompts of evicted slots in host memory and restores the best match into a new slot;
 # bounded so that resident memory stays flat in long runs (its default is 8 GiB).
 CACHE_RAM_MIB = 256
+# At exit, how long running generations get to stop (they stop at their next token, or after the prompt
+# they are evaluating). A request still inside llama.cpp when the interpreter finalises crashes it
+# (SIGSEGV on exit, seen with SIGTERM during a reply).
+CLOSE_WAIT_S = 10.0
 _END = object()
 
 
@@ -66,6 +72,8 @@ class XLlamaCppLLM:
         self._slots = SlotTable(cfg.slots)
         self._api_key = secrets.token_urlsafe(24)
         self.last_timings: dict[str | None, dict] = {}  # per conversation: llama.cpp's timings of its last reply
+        self._closing = threading.Event()
+        self._running: set[threading.Thread] = set()
 
         params = xllamacpp.CommonParams()
         params.model.path = str(self.path)
@@ -102,6 +110,21 @@ class XLlamaCppLLM:
             raise ModelMissingError(f"cannot load GGUF model {self.path}: {box['error']}") from None
         self.server = box["server"]
         self._tokenize_url = self.server.listening_address.rstrip("/") + "/tokenize"
+        self._http = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost: never via a proxy
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Stop every generation, wait for llama.cpp to let go of them, then shut its server down."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        for thread in list(self._running):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._running):
+            log.warning("the language model did not stop within %.0f s", CLOSE_WAIT_S)
+            return  # destroying the server under a running request would crash; the process ends anyway
+        self.server = None
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` with special tokens parsed (as a chat template's text is)."""
@@ -111,7 +134,7 @@ class XLlamaCppLLM:
         request = urllib.request.Request(self._tokenize_url, body, {
             "Content-Type": "application/json", "Authorization": f"Bearer {self._api_key}"})
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with self._http.open(request, timeout=10) as response:
                 return list(json.loads(response.read())["tokens"])
         except (OSError, ValueError, KeyError) as exc:
             raise StageError(f"the LLM could not count tokens: {exc}") from None
@@ -132,6 +155,8 @@ class XLlamaCppLLM:
         cancel: threading.Event | None = None,
         conversation: str | None = None,
     ) -> Iterator[str]:
+        if self._closing.is_set():
+            raise StageError("the language model is shutting down")
         acquired = self._slots.acquire(conversation, cancel)
         if acquired is None:
             return
@@ -143,7 +168,8 @@ class XLlamaCppLLM:
 
         def on_chunk(chunk: dict) -> bool:
             items.put(chunk)
-            return stop.is_set() or (cancel is not None and cancel.is_set())  # True: llama.cpp stops
+            # True: llama.cpp stops this request
+            return stop.is_set() or self._closing.is_set() or (cancel is not None and cancel.is_set())
 
         body = {"messages": plain_messages(messages), "stream": True, "max_tokens": max_tokens,
                 "temperature": temperature, "id_slot": slot, "cache_prompt": True}
@@ -155,9 +181,12 @@ class XLlamaCppLLM:
                 items.put(exc)
             finally:
                 self._slots.release(slot)  # only once llama.cpp let go of the slot
+                self._running.discard(threading.current_thread())
                 items.put(_END)
 
-        threading.Thread(target=generate, name=f"llm-slot{slot}", daemon=True).start()
+        producer = threading.Thread(target=generate, name=f"llm-slot{slot}", daemon=True)
+        self._running.add(producer)
+        producer.start()
         try:
             while True:
                 try:
