@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -94,6 +95,7 @@ class Refusal:
     status: int  # HTTP status of the handshake answer
     reason: str  # short, for logs and metrics: "token", "origin", "host", "capacity", ...
     body: str  # what the client (or the person behind it) should do
+    retry_after: int | None = None  # seconds, for a 429 that says when to try again
 
 
 # -- the handshake -----------------------------------------------------------------------------------------
@@ -131,6 +133,7 @@ class AccessPolicy:
             origins.append(f"{parsed[0]}://{parsed[1]}")
         self.allowed_origins = origins
         self.trust_forwarded_for = bool(getattr(server_cfg, "trust_forwarded_for", False))
+        self.guesses = GuessLimiter()
 
     # -- what the operator sees -----------------------------------------------------------------------
     def page_url(self, host: str, port: int) -> str:
@@ -223,15 +226,92 @@ class AccessPolicy:
     def check_ws(self, path: str, headers) -> Refusal | None:
         return self.check_host(headers) or self.check_origin(headers) or self.check_token(path, headers)
 
+    def check_request(self, path: str, headers, remote_address, *, ws: bool = True,
+                      on_wrong=lambda **labels: None) -> Refusal | None:
+        """``check_ws`` (or only the token with ``ws=False``), with duplicate headers refused and wrong
+        tokens counted per client address (``GuessLimiter``): a guesser is told to wait, and each wrong
+        token is logged and reported to ``on_wrong(path=...)`` (a metric)."""
+        refusal = duplicate_header(headers)
+        if refusal is not None:
+            return refusal
+        address = self.client_address(remote_address, headers)
+        if self.required and (wait := self.guesses.wait_s(address)) > 0:
+            return self.guesses.refusal(address, wait)
+        refusal = self.check_ws(path, headers) if ws else self.check_token(path, headers)
+        if refusal is not None and refusal.reason == "token" and self.presented_token(path, headers):
+            count, wait = self.guesses.failed(address)
+            on_wrong(path=urlsplit(path).path)
+            log.warning("wrong access token from %s on %s (%d in a row%s)", address, urlsplit(path).path, count,
+                        f"; its next token is checked in {wait:g} s" if wait else "")
+        elif refusal is None and self.required:
+            self.guesses.succeeded(address)
+        return refusal
+
     def client_address(self, remote_address, headers) -> str:
         """The client's IP for per-client limits (the proxy's view with server.trust_forwarded_for)."""
         if self.trust_forwarded_for and headers is not None:
-            forwarded = headers.get("X-Forwarded-For", "")
+            forwarded = ",".join(headers.get_all("X-Forwarded-For"))  # several headers: one list, in order
             if forwarded:
                 return forwarded.split(",")[-1].strip() or "?"
         if remote_address:
             return str(remote_address[0])
         return "?"
+
+
+SINGLE_HEADERS = ("Host", "Origin", "Authorization")
+
+
+def duplicate_header(headers) -> Refusal | None:
+    """A request with two Host, Origin or Authorization headers is ambiguous (which one did a proxy
+    check?): refuse it as a bad request."""
+    for name in SINGLE_HEADERS:
+        if len(headers.get_all(name)) > 1:
+            return Refusal(400, "bad_request", f"avatar: the request has more than one {name} header; send "
+                           "exactly one.\n")
+    return None
+
+
+class GuessLimiter:
+    """Backoff on wrong tokens, per client address: after ``free`` wrong tokens, each further one makes
+    the address wait ``base_s`` doubled per failure (up to ``max_s``) before its next token is even
+    checked, so a guesser gets a few tries a minute instead of thousands a second. A right token clears
+    the count. ``max_addresses`` bounds the memory an address-hopping guesser can cost."""
+
+    def __init__(self, free: int = 5, base_s: float = 1.0, max_s: float = 60.0, forget_s: float = 900.0,
+                 max_addresses: int = 10_000, clock=None):
+        self.free, self.base_s, self.max_s, self.forget_s = free, base_s, max_s, forget_s
+        self.max_addresses = max_addresses
+        self._clock = clock or time.monotonic
+        self._failures: dict[str, tuple[int, float]] = {}  # address -> (wrong tokens, blocked until)
+
+    def wait_s(self, address: str) -> float:
+        """Seconds until ``address`` may try a token again (0: now)."""
+        entry = self._failures.get(address)
+        if entry is None:
+            return 0.0
+        left = entry[1] - self._clock()
+        return left if left > 0 else 0.0
+
+    def failed(self, address: str) -> tuple[int, float]:
+        """Count a wrong token; returns (wrong tokens so far, seconds the address must now wait)."""
+        now = self._clock()
+        count, until = self._failures.pop(address, (0, now))
+        if now - until > self.forget_s:
+            count = 0  # a typo a quarter of an hour ago does not count against a new one
+        count += 1
+        wait = 0.0 if count <= self.free else min(self.max_s, self.base_s * 2 ** (count - self.free - 1))
+        if len(self._failures) >= self.max_addresses:
+            self._failures.pop(next(iter(self._failures)))  # the oldest entry
+        self._failures[address] = (count, now + wait)
+        return count, wait
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
+
+    def refusal(self, address: str, wait: float) -> Refusal:
+        seconds = max(1, round(wait + 0.49))
+        return Refusal(429, "token_backoff", f"avatar: too many wrong access tokens from {address}; wait "
+                       f"{seconds} s before trying again (tokens are not checked until then).\n", seconds)
 
 
 def load_or_create_token(data_dir: Path | None) -> str:
@@ -268,35 +348,50 @@ class Admission:
     resume_key: str
     user_key: str | None
     errors: list[tuple[str, str]] = field(default_factory=list)  # (code, message) to send before ready
+    name: str | None = None  # the user id as the client gave it (``ready.user_id``); user_id is where it is stored
+
+
+def user_identity(name: str, user_key: str) -> str:
+    """Where a (user id, user key) pair's turns are stored. User ids are names, not claims: two clients
+    that pick the same name without sharing the key get two separate memories, so naming a user id
+    tells nothing about whether someone else uses it."""
+    return "u:" + secret_hash(name + "\n" + user_key)
 
 
 def admit(store, hello: dict) -> Admission:
     """Decide which session and whose history a ``hello`` gets. Without the right key a client gets a new,
-    empty conversation and an error that says why; it never learns whether the id exists."""
+    empty conversation and an error that says why; it never learns whether the id exists: every answer
+    depends only on what the client itself sent and was given."""
     errors: list[tuple[str, str]] = []
-    user_id = hello.get("user_id")
-    user_key = None
-    if user_id is not None:
-        stored = store.user_key_hash(user_id)
-        if stored is None:
-            user_key = new_secret()
-            if not store.add_user(user_id, secret_hash(user_key)):  # registered meanwhile by another client
-                stored, user_key = store.user_key_hash(user_id), None
-        if stored is not None:
-            if secret_matches(hello.get("user_key"), stored):
-                user_key = hello["user_key"]
+    name = hello.get("user_id")
+    user_id = user_key = None  # user_id: the stored identity (see user_identity); name: what ready shows
+    if name is not None:
+        presented = hello.get("user_key")
+        if presented:
+            identity = user_identity(name, presented)
+            if secret_matches(presented, store.user_key_hash(identity)):
+                user_id, user_key = identity, presented
+            elif secret_matches(presented, store.user_key_hash(name)):  # registered before user_identity
+                user_id, user_key = name, presented
             else:
-                errors.append(("bad_user_key", f"user {user_id!r} needs the user_key that this server gave in "
-                               "the 'ready' message of that user's first session; this conversation goes on "
-                               "without that user's history"))
-                user_id = None
+                errors.append(("bad_user_key", f"this user_key does not belong to user {name!r} (a user_key "
+                               "comes from the 'ready' message of that user's first session); this conversation "
+                               "goes on without that user's history. Leave user_key out to start a new memory "
+                               "under this user id"))
+                name = None
+        else:  # a new memory under this name, whether or not others use the name
+            user_key = new_secret()
+            user_id = user_identity(name, user_key)
+            store.add_user(user_id, secret_hash(user_key), name)
     session_id = hello.get("session_id")
     resumed = False
     resume_key = hello.get("resume_key")
     if session_id is not None:
         if secret_matches(resume_key, store.session_key_hash(session_id)):
             resumed = True
-            user_id = user_id or store.session_user(session_id)
+            stored_user = store.session_user(session_id)
+            if user_id is None and stored_user is not None:
+                user_id, name = stored_user, store.user_name(stored_user)
         else:
             errors.append(("unknown_session", f"session {session_id!r} is unknown to this server or its "
                            "resume_key is wrong (its history may have been deleted); a new conversation was "
@@ -305,4 +400,6 @@ def admit(store, hello: dict) -> Admission:
     if session_id is None:
         resume_key = new_secret()
         session_id = store.create_session(user_id, None, secret_hash(resume_key))
-    return Admission(session_id, user_id, resumed, resume_key, user_key, errors)
+    if (problem := store.problem()) is not None:
+        errors.append((problem.code, problem.message))
+    return Admission(session_id, user_id, resumed, resume_key, user_key, errors, name=name)

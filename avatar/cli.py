@@ -29,6 +29,9 @@ def cmd_serve(args) -> int:
 
     cap_malloc_arenas()
     config = _load_config(args)
+    from avatar.memory import prepare_data_dir
+
+    prepare_data_dir(config.data_path)  # a read-only or unusable data directory fails now, not after loading
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     runtime = Services.load(config, progress=_progress)

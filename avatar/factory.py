@@ -68,7 +68,8 @@ class SessionFactory:
 
             controls = {"fps": cfg.fps, "ranges": {name: list(r) for name, r in CONTROLS.items()}}
         emit(Ready(
-            session_id=admission.session_id, resume_key=admission.resume_key, user_id=admission.user_id,
+            # The id the client gave; admission.user_id is the storage identity (avatar/access.py).
+            session_id=admission.session_id, resume_key=admission.resume_key, user_id=admission.name,
             user_key=admission.user_key, resumed=admission.resumed,
             history=[m for t in history for m in ({"role": "user", "text": t.user_text},
                                                   {"role": "assistant", "text": t.reply_text})],

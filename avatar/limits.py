@@ -10,6 +10,8 @@ connections per client address for ``max_sessions_per_client``.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from typing import Callable
 
 from avatar.events import ErrorRaised, Event, TurnStarted
 from avatar.protocol import INPUT_SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 2.0
 
@@ -99,6 +103,13 @@ class ConnectionGuard:
                         "messages are being dropped")
 
     def on_audio(self, samples: int) -> LimitHit | None:
+        if samples > self.audio.capacity:  # could never pass the rate limit, however long the client waits
+            self.dropped_samples += samples
+            return LimitHit("limits.audio_burst_s",
+                            f"an audio frame of {samples / INPUT_SAMPLE_RATE:.2f} s is longer than the "
+                            f"{self.audio.capacity / INPUT_SAMPLE_RATE:g} s one frame may hold "
+                            "(limits.audio_burst_s); it was dropped. Send audio in frames of 20-100 ms",
+                            code="bad_message")
         if self.turns.full():
             self.dropped_samples += samples
             return self._turns_hit()
@@ -140,6 +151,58 @@ class ConnectionGuard:
 
     def idle_for(self) -> float:
         return self._clock() - self.last_message
+
+
+class StallWatch:
+    """Cut a connection whose client stopped reading, whatever it sends, with or without a session.
+
+    Outbound notices a stalled client only when it has media to send. Control frames are another way to
+    fill the send buffer: websockets answers every ping with a pong written straight to the transport, so
+    a client that sends pings and never reads grows the server's memory, and websockets' own keepalive
+    cannot help (its ping waits for the full buffer to drain, so ``ping_timeout`` never starts). This
+    task samples the transport's write buffer: over ``max_bytes`` the connection is cut at once; above the
+    transport's high-water mark (writing paused) without ever shrinking for ``stall_s``, it is cut too
+    (aborted: ``on_stall`` is told why, for metrics).
+    A slow client that reads at all shrinks the buffer now and then and is left alone."""
+
+    def __init__(self, transport: Callable[[], object], stall_s: float, max_bytes: int,
+                 on_stall: Callable[[str], None], interval: float = 0.1, clock: Callable[[], float] = time.monotonic):
+        self.transport, self.stall_s, self.max_bytes = transport, stall_s, max_bytes
+        self.on_stall, self.interval, self._clock = on_stall, interval, clock
+        self._since: float | None = None  # when the buffer last shrank or went below the high-water mark
+        self._last = 0
+
+    def check(self) -> str | None:
+        """One sample: why to cut the connection, or None."""
+        transport = self.transport()
+        if transport is None or transport.is_closing():
+            return None
+        size = transport.get_write_buffer_size()
+        high = transport.get_write_buffer_limits()[1]
+        now = self._clock()
+        shrank, self._last = size < self._last, size
+        if size > self.max_bytes:
+            return f"{size} bytes wait to be sent (limits.max_queued_bytes={self.max_bytes})"
+        if size <= high or shrank or self._since is None:
+            self._since = now
+        elif self.stall_s > 0 and now - self._since >= self.stall_s:
+            return f"nothing read for {now - self._since:.1f} s with {size} bytes waiting (limits.send_stall_s)"
+        return None
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            transport = self.transport()
+            if transport is None or transport.is_closing():
+                return
+            reason = self.check()
+            if reason is not None:
+                # No close handshake: the close frame would wait behind the full buffer.
+                log.info("cut a connection from %s that stopped reading: %s",
+                         transport.get_extra_info("peername"), reason)
+                transport.abort()
+                self.on_stall(reason)
+                return
 
 
 class AddressBook:

@@ -192,6 +192,18 @@ class ServerMetrics:
                                           ["limit"]))
         self.closed = r.add(Counter("avatar_connections_closed_total", "Connections closed by the server.",
                                     ["reason"]))
+        self.wrong_tokens = r.add(Counter("avatar_wrong_tokens_total", "Requests with a wrong access token "
+                                          "(token guesses), by path.", ["path"]))
+        self.http_refused = r.add(Counter("avatar_http_refused_total", "HTTP requests to /auth and /metrics "
+                                          "refused (token, token_backoff, bad_request).", ["path", "reason"]))
+        self.memory_queued = r.add(Gauge("avatar_memory_queued_writes", "Turns and users waiting to be written "
+                                         "to the conversation database (more than a few: storage is failing)."))
+        self.memory_ok = r.add(Gauge("avatar_memory_writable", "1 when the last write to the conversation "
+                                     "database went through, 0 while writes fail (see /healthz storage)."))
+        self.memory_failures = r.add(Counter("avatar_memory_write_failures_total", "Failed write attempts to "
+                                             "the conversation database, by cause (full, locked, error); each "
+                                             "is retried.", ["cause"]))
+        self._store = None
         r.add(Gauge("avatar_uptime_seconds", "Seconds since the server started.",
                     fn=lambda: round(time.time() - self.started, 1)))
         r.add(Gauge("process_resident_memory_bytes", "Resident memory of the server process.",
@@ -214,6 +226,12 @@ class ServerMetrics:
         elif isinstance(event, ErrorRaised):
             self.errors.inc(code=event.code)
 
+    def watch_memory(self, store) -> None:
+        """Read the memory store's writer state (avatar/memory.py) at each scrape."""
+        self._store = store
+        self.memory_queued.fn = store.queued
+        self.memory_ok.fn = lambda: float(store.state == "ok")
+
     def track(self, timeline) -> None:
         self._timelines.add(timeline)
 
@@ -229,6 +247,9 @@ class ServerMetrics:
         dropped = self._frames_folded[1] + sum(o.frames_dropped for o in live)
         self.frames_sent._values[()] = float(sent)
         self.frames_dropped._values[()] = float(dropped)
+        if self._store is not None:
+            for cause, count in list(self._store.failures.items()):
+                self.memory_failures._values[(cause,)] = float(count)
         return self.registry.render()
 
 

@@ -50,6 +50,9 @@ def parse_text_message(raw: str) -> ClientMessage:
         data = json.loads(raw)
     except (json.JSONDecodeError, RecursionError):
         raise ProtocolError("text messages must be JSON objects, e.g. {\"type\": \"text\", \"text\": \"hi\"}")
+    except ValueError:  # an integer of more than 4300 digits: Python refuses to convert it
+        raise ProtocolError("a number in this message is too long (more than 4300 digits); numbers in this "
+                            "protocol fit in 64 bits") from None
     if not isinstance(data, dict):
         raise ProtocolError("a text message must be a JSON object with a \"type\" field")
     kind = data.get("type")

@@ -31,7 +31,7 @@ from avatar.access import AccessPolicy, Refusal
 from avatar.errors import AvatarError, ProtocolError
 from avatar.events import ErrorRaised, EventBus, Pong
 from avatar.factory import SessionFactory
-from avatar.limits import AddressBook, ConnectionGuard, LimitHit
+from avatar.limits import AddressBook, ConnectionGuard, LimitHit, StallWatch
 from avatar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from avatar.metrics import ServerMetrics
 from avatar.protocol import parse_audio_message, parse_text_message
@@ -55,13 +55,20 @@ class AvatarServer:
         self.factory = SessionFactory(services)
         self.connections: dict[ServerConnection, tuple[MediaTimeline, EventBus]] = {}
         self.metrics = ServerMetrics(sessions=lambda: len(self.sessions), connections=self.addresses.total)
+        self.metrics.watch_memory(services.memory)
         self.closing = False
 
     # -- HTTP ------------------------------------------------------------------------------------------
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
+        refusal = None
+        if path in ("/ws", "/auth", "/metrics"):  # duplicate headers, and token guesses (backoff per address)
+            refusal = self.access.check_request(request.path, request.headers, connection.remote_address,
+                                                ws=path != "/metrics", on_wrong=self.metrics.wrong_tokens.inc)
+            if refusal is not None and path != "/ws":
+                self.metrics.http_refused.inc(path=path, reason=refusal.reason)
         if path == "/ws":
-            refusal = self._check_handshake(connection, request)
+            refusal = self._check_handshake(connection, request, refusal)
             if refusal is not None:
                 self.metrics.refused.inc(reason=refusal.reason)
                 log.info("refused a connection from %s: %s", connection.remote_address, refusal.reason)
@@ -69,23 +76,21 @@ class AvatarServer:
             return None  # go on with the WebSocket handshake
         if path == "/healthz":
             health = self._health()
-            status = http.HTTPStatus.OK if health["status"] == "ok" else http.HTTPStatus.SERVICE_UNAVAILABLE
+            status = http.HTTPStatus.SERVICE_UNAVAILABLE if health["status"] == "unavailable" else http.HTTPStatus.OK
             return self._response(status, json.dumps(health).encode(), "application/json")
         if path == "/auth":  # what /ws would answer, readable by a page (browsers hide refused handshakes)
-            refusal = self.access.check_ws(request.path, request.headers)
             if refusal is not None:
                 return self._refuse(refusal)
             return self._response(http.HTTPStatus.OK, b"ok\n", "text/plain")
         if path == "/metrics":
-            refusal = self.access.check_token(request.path, request.headers)
             if refusal is not None:
                 return self._refuse(refusal)
             return self._response(http.HTTPStatus.OK, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
         return self._static(path)
 
-    def _check_handshake(self, connection: ServerConnection, request: Request) -> Refusal | None:
+    def _check_handshake(self, connection: ServerConnection, request: Request,
+                         refusal: Refusal | None) -> Refusal | None:
         limits = self.services.config.limits
-        refusal = self.access.check_ws(request.path, request.headers)
         if refusal is not None:
             return refusal
         if self.closing:
@@ -103,15 +108,20 @@ class AvatarServer:
         response = self._response(http.HTTPStatus(refusal.status), refusal.body.encode(), "text/plain; charset=utf-8")
         if refusal.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="avatar"'
+        if refusal.retry_after:
+            response.headers["Retry-After"] = str(refusal.retry_after)
         return response
 
     def _health(self) -> dict:
         services = self.services
         models = {name: getattr(services.models, name, None) is not None for name in ("vad", "asr", "llm", "tts")}
         memory_ok = services.memory.ping()
+        storage = services.memory.condition()  # writes: "ok", or "full" / "locked" / "error" with turns queued
+        status = "ok" if all(models.values()) and memory_ok and not self.closing else "unavailable"
         health = {
-            "status": "ok" if all(models.values()) and memory_ok and not self.closing else "unavailable",
-            "models": models, "memory": memory_ok, "video": services.faces is not None,
+            # Degraded: conversations go on, but new turns are kept in memory until storage works again.
+            "status": "degraded" if status == "ok" and storage["state"] != "ok" else status,
+            "models": models, "memory": memory_ok, "storage": storage, "video": services.faces is not None,
             "faces": len(services.faces.names) if services.faces is not None else 0,
             "sessions": len(self.sessions), "connections": self.addresses.total(),
             "max_sessions": services.config.limits.max_sessions, "uptime_s": round(time.time() - self.started, 1),
@@ -125,13 +135,17 @@ class AvatarServer:
 
     def _static(self, path: str) -> Response:
         relative = path.lstrip("/") or "index.html"
-        target = (self.web_root / relative).resolve()
-        if not target.is_relative_to(self.web_root) or not target.is_file():
+        try:  # a NUL byte (ValueError) or an over-long name (OSError) is just a file that is not there
+            target = (self.web_root / relative).resolve()
+            if not target.is_relative_to(self.web_root) or not target.is_file():
+                raise FileNotFoundError(relative)
+            body = target.read_bytes()
+        except (OSError, ValueError):
             return self._response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if target.suffix == ".js":
             content_type = "text/javascript"  # module scripts and worklets need a JavaScript type
-        return self._response(http.HTTPStatus.OK, target.read_bytes(), content_type)
+        return self._response(http.HTTPStatus.OK, body, content_type)
 
     @staticmethod
     def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -158,6 +172,9 @@ class AvatarServer:
         self.connections[ws] = (timeline, bus)
         busy = lambda: session is not None and session.busy()  # noqa: E731
         watchdog = asyncio.create_task(self._watch_idle(ws, timeline, bus, guard, busy))
+        # Bounded memory whatever the client sends: cut it when it stops reading (avatar/limits.py).
+        stall = asyncio.create_task(StallWatch(lambda: ws.transport, limits.send_stall_s, limits.max_queued_bytes,
+                                               lambda reason: self.metrics.closed.inc(reason="stalled")).run())
         try:
             if self.addresses.count(address) > limits.max_sessions_per_client:  # handshakes that raced
                 await self._close(ws, timeline, bus, LimitHit("limits.max_sessions_per_client", f"{address} "
@@ -209,12 +226,14 @@ class AvatarServer:
                 pass
         finally:
             if session is not None:
-                session.close()
+                session.close()  # stores the heard part of a turn in progress
+                services.memory.forget_session(session.session_id)  # a session without a turn leaves no row
                 self.sessions.discard(session)
                 log.info("session %s closed (%s)", session.session_id[:8], peer)
             timeline.close()
             sender.cancel()
             watchdog.cancel()
+            stall.cancel()
             self.connections.pop(ws, None)
             self.addresses.remove(address)
             self.metrics.untrack(timeline)

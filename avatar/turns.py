@@ -82,6 +82,7 @@ class TurnRunner:
         self.turn: TurnState | None = None  # the turn being answered (released or speculative)
         self._turn_ids = itertools.count(1)
         self.state = ""
+        self.closed = False  # the connection is gone: nothing more is reported
         self.set_state("listening")
 
     # -- state ----------------------------------------------------------------------------------------
@@ -231,10 +232,12 @@ class TurnRunner:
         record = Turn(turn.user_text, heard, interrupted)
         conversation = self.conversation
         conversation.history.append(record)
-        try:
+        try:  # queued for the memory writer thread: never waits for the disk
             self.services.memory.add_turn(conversation.session_id, conversation.user_id, record, turn.reply)
         except Exception as exc:  # noqa: BLE001 - the reply was given; report that it was not saved
-            self.error(StageError(f"could not save the turn to memory: {exc}"), where="memory")
+            if not self.closed:  # storage_full / storage_unavailable keep their codes
+                self.error(exc if isinstance(exc, AvatarError) else
+                           StageError(f"could not save the turn to memory: {exc}"), where="memory")
         self.emit(TurnEnded(turn.turn_id, turn.source, turn.reply.strip(), heard, interrupted,
                             sum(end - start for start, end, _ in turn.spans),
                             {stage: turn.latency_ms(stage) for stage in LATENCY_STAGES}))
@@ -245,6 +248,7 @@ class TurnRunner:
     def close(self) -> None:
         """The connection is gone: stop generating, and keep the part of a reply in progress that was
         heard, as a barge-in would (a client that drops mid-reply resumes with that turn in memory)."""
+        self.closed = True
         turn = self.turn
         if turn is None:
             return
