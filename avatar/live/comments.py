@@ -133,7 +133,7 @@ class CommentDesk:
         return verdict
 
     def _moderate(self, comment: Comment) -> Verdict:
-        text = comment.text
+        text = comment.text = comment.text.strip()
         if not text:
             return Verdict(False, "empty")
         if len(text) > self.max_chars:

@@ -95,6 +95,9 @@ class LiveReport:
         """An event bus subscriber: every spoken turn, by source."""
         if isinstance(event, TurnEnded):
             self.turns.inc(source=event.source)
+            marks = {k: v for k, v in event.latency_ms.items() if v is not None}
+            log.debug("turn %d (%s) ended%s: %d samples of speech, latency %s", event.turn_id, event.source,
+                      " (cut)" if event.interrupted else "", event.audio_samples, marks)
 
     def health(self) -> dict:
         outputs = self.streamer.outputs if self.streamer else []
