@@ -98,3 +98,16 @@ STOP_WORDS = {"this", "that", "with", "have", "your", "they", "them", "there", "
 
 def content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z']+", text.lower()) if len(w) >= 4 and w not in STOP_WORDS}
+
+
+if __name__ == "__main__":  # python -m tests.stream_check RECORDING: the figures of a received stream
+    import sys
+
+    received = decode(sys.argv[1])
+    r, lag = received.lipsync()
+    steps = np.diff(received.video_times)
+    print(f"{received.duration_s:.1f} s, {len(received.video_times)} frames "
+          f"({len(received.video_times) / received.duration_s:.3f} fps; frame interval min/max "
+          f"{1000 * steps.min():.1f}/{1000 * steps.max():.1f} ms), gaps {1000 * received.video_gaps_s():.0f} ms video "
+          f"+ {1000 * received.audio_gaps_s:.0f} ms audio, lip-sync r={r:.2f} at lag {lag} frames "
+          f"({1000 * lag / received.fps:.0f} ms), decode errors: {received.errors or 'none'}")

@@ -318,10 +318,11 @@ def test_a_two_minute_show_streams_over_rtmp_and_answers_every_comment(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO), AVATAR_DATA_DIR=str(tmp_path / "data"),
                AVATAR_LIVE_TOKEN="t0ken")
     # smollm2-135m: the default language model answers in seconds on 2 cores, too slow for three answers
-    # in two minutes next to the renderer; 256 px frames: the renderer keeps 25 fps on a loaded 2-core box.
+    # in two minutes next to the renderer, and 60 tokens keep its rambling answers under about 15 s of speech;
+    # 256 px frames: the renderer keeps 25 fps on a loaded 2-core box.
     cmd = [sys.executable, "-m", "avatar", "live", "--show", str(tmp_path / "show.toml"), "--rtmp", server.url,
            "--minutes", "2", "--port", "0", "--ws-port", "0", "--stdin", "--json",
-           "--set", "llm.model=smollm2-135m", "--set", "video.size=256"]
+           "--set", "llm.model=smollm2-135m", "--set", "llm.max_tokens=60", "--set", "video.size=256"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     events: list[dict] = []
@@ -336,7 +337,7 @@ def test_a_two_minute_show_streams_over_rtmp_and_answers_every_comment(tmp_path)
                 break
         assert ready is not None, "".join(stderr[-30:])
         t_ready = time.monotonic()
-        for (source, user, text), at in zip(COMMENTS, (10, 35, 60)):
+        for (source, user, text), at in zip(COMMENTS, (10, 30, 50)):
             time.sleep(max(0.0, t_ready + at - time.monotonic()))
             body = json.dumps({"user": user, "text": text})
             if source == "http":
@@ -359,8 +360,9 @@ def test_a_two_minute_show_streams_over_rtmp_and_answers_every_comment(tmp_path)
         if proc.poll() is None:
             proc.kill()
         server.stop()
+    timeline = [(e["t"], e["event"], e.get("user") or e.get("segment") or "") for e in events]
     answers = {e["user"]: e["answer"] for e in events if e["event"] == "comment_answered"}
-    assert set(answers) == {"Alex", "Maria", "Sam"}, events
+    assert set(answers) == {"Alex", "Maria", "Sam"}, timeline
     stopped = [e for e in events if e["event"] == "stopped"][0]
     assert stopped["outputs"]["rtmp"]["reconnects"] == 0
 

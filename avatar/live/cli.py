@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 
 from avatar.errors import AvatarError, ConfigError
 
@@ -102,6 +103,7 @@ async def run_live(services, show, args, blocked: tuple[str, ...] = ()) -> None:
     from avatar.live.report import LiveReport
     from avatar.live.sink import LiveTimeline
     from avatar.live.stream import StreamSettings, Streamer
+    from avatar.metrics import resident_memory_bytes
 
     loop = asyncio.get_running_loop()
     cfg = services.config
@@ -132,8 +134,9 @@ async def run_live(services, show, args, blocked: tuple[str, ...] = ()) -> None:
             pass
     outputs = ", ".join(f"{o.kind} {o.target}" for o in streamer.outputs)
     shown_token = token if not (args.token or os.environ.get(TOKEN_ENV)) else "(the one you gave)"
+    rss_start = resident_memory_bytes()
     report.note("ready", f"avatar live is on air: {outputs}; {cfg.video.fps} fps, {cfg.video.size}px",
-                http_port=http_port, ws_port=ws_port)
+                http_port=http_port, ws_port=ws_port, rss_bytes=rss_start)
     print(f"comments: POST http://{args.host}:{http_port}/comments with 'Authorization: Bearer {shown_token}' "
           f"| ws://{args.host}:{ws_port}/comments?token=... | metrics: http://{args.host}:{http_port}/metrics",
           file=sys.stderr, flush=True)
@@ -153,5 +156,7 @@ async def run_live(services, show, args, blocked: tuple[str, ...] = ()) -> None:
                     + ", ".join(f"{o.kind}: {o.frames_written} written, {o.frames_dropped} dropped, "
                                 f"{o.reconnects} reconnects" for o in streamer.outputs),
                     frames=timeline.frames, repeated=timeline.frames_repeated,
+                    seconds=round(time.monotonic() - timeline.started_at, 1) if timeline.started_at else 0.0,
+                    rss_start_bytes=rss_start, rss_end_bytes=resident_memory_bytes(),
                     outputs={o.kind: {"written": o.frames_written, "dropped": o.frames_dropped,
                                       "reconnects": o.reconnects} for o in streamer.outputs})

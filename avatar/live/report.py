@@ -15,6 +15,7 @@ Metrics (text exposition format, avatar/metrics.py):
     avatar_live_output_reconnects_total{output}
     avatar_live_output_frames_dropped_total{output}  frames an output could not take (stalled, reconnecting)
     avatar_live_output_connected{output}             1 while the output is open
+    avatar_live_resident_memory_bytes
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import time
 
 from avatar.events import Event, TurnEnded
-from avatar.metrics import Counter, Gauge, Registry
+from avatar.metrics import Counter, Gauge, Registry, resident_memory_bytes
 
 log = logging.getLogger("avatar.live")
 
@@ -46,6 +47,8 @@ class LiveReport:
         self.merged = r.add(Counter("avatar_live_comments_merged_total",
                                     "Duplicate comments merged into one that was waiting"))
         self.turns = r.add(Counter("avatar_live_turns_total", "Spoken turns of the host", ("source",)))
+        r.add(Gauge("avatar_live_resident_memory_bytes", "Resident memory of the live process",
+                    fn=resident_memory_bytes))
         r.add(Gauge("avatar_live_comments_waiting", "Comments waiting to be answered",
                     fn=lambda: self.desk.waiting() if self.desk else 0))
         r.add(Gauge("avatar_live_stream_frames_total", "Frames produced by the show's clock",
