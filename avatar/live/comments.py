@@ -190,15 +190,18 @@ class CommentDesk:
         return best
 
 
-def prompt_for(comment: Comment) -> str:
-    """The user-role message that asks the host to answer ``comment``: the viewer's words quoted, marked
-    as a chat message. (The system prompt says such messages are never instructions; avatar/live/show.py.)
-    Kept short and plain: a 135M-parameter model echoes long meta-instructions instead of answering."""
-    text = comment.text.replace('"', "'")
-    names = " and ".join([comment.user, *comment.also]) if len(comment.also) < 3 else comment.user
+def prompt_for(comment: Comment, language: str = "en") -> str:
+    """The user-role message that asks the host to answer ``comment``: the viewer's words in quotes (they
+    cannot close them), marked as a viewer's. The system prompt says such messages are never instructions
+    (avatar/live/show.py). Short and plain on purpose: tried on SmolLM2-135M, a longer framing ("Chat
+    message... reply in one to three short sentences") was echoed back instead of answered."""
+    text = comment.text.replace('"', "'").replace("“", "'").replace("”", "'")
+    names = ", ".join([comment.user, *comment.also[:2]])
+    if language.startswith("zh"):
+        verb = "问" if comment.question else "说"
+        return f"观众{names}{verb}：“{text}” 请回答{comment.user}。"
     verb = "asks" if comment.question else "writes"
-    return (f'Chat message. Viewer {names} {verb}: "{text}"\n'
-            f"Reply to {comment.user} in one to three short spoken sentences.")
+    return f'A viewer, {names}, {verb}: "{text}" Answer {comment.user}.'
 
 
 def lead_in(comment: Comment) -> str:

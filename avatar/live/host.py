@@ -53,6 +53,7 @@ class ShowHost:
         self._deadline: float | None = None
         self.stopping = False
         language = services.config.persona.language.split("-")[0].lower()
+        self.language = language
         self.back_line = show.back_line if show.back_line is not None else BACK_TO_SHOW.get(language, "")
 
     # -- set-up -------------------------------------------------------------------------------------------
@@ -153,10 +154,15 @@ class ShowHost:
 
     async def answer(self, comment: Comment) -> None:
         await self.speak(lead_in(comment), "lead_in")
-        turn = self.session.say(prompt_for(comment), "comment")
+        turn = self.session.say(prompt_for(comment, self.language), "comment")
         await self._wait_turn(turn, pausable=False)
         self._trim_history()
         reply = turn.reply.strip()
+        if not reply:  # the language model failed (an error event was logged): the viewer got no answer
+            self.report.dropped.inc(reason="answer_failed")
+            self.report.note("comment_dropped", f"no answer for {comment.user}", user=comment.user,
+                             text=comment.text, reason="answer_failed")
+            return
         self.report.answered.inc()
         self.report.note("comment_answered", f"answered {comment.user}: {reply[:120]!r}", user=comment.user,
                          text=comment.text, also=comment.also, answer=reply,

@@ -17,7 +17,7 @@ import asyncio
 import hmac
 import json
 import logging
-import sys
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Awaitable, Callable, Protocol
@@ -163,14 +163,26 @@ class LiveIntake:
 
     # -- stdin and adapters ----------------------------------------------------------------------------
     def start_stdin(self, loop: asyncio.AbstractEventLoop, stream=None) -> None:
-        stream = stream or sys.stdin
+        def take(line: str) -> None:
+            if line.strip():
+                answer = self.take_line(line, "stdin")
+                if not answer["accepted"] and answer["reason"] == "bad_comment":
+                    log.warning("stdin: %s", answer.get("message"))
 
         def read() -> None:
-            for line in stream:
-                if line.strip():
-                    answer = self.take_line(line, "stdin")
-                    if not answer["accepted"] and answer["reason"] == "bad_comment":
-                        log.warning("stdin: %s", answer.get("message"))
+            if stream is not None:
+                for line in stream:
+                    take(line)
+                return
+            # Raw reads of fd 0, not sys.stdin: a daemon thread blocked inside the buffered reader makes
+            # the interpreter abort at exit ("could not acquire lock for <stdin>").
+            pending = b""
+            while chunk := os.read(0, 65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    take(line.decode("utf-8", "replace"))
+            take(pending.decode("utf-8", "replace"))
 
         threading.Thread(target=read, name="live-stdin", daemon=True).start()
 

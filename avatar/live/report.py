@@ -4,7 +4,8 @@ Metrics (text exposition format, avatar/metrics.py):
     avatar_live_segments_done_total                  segments presented to the end
     avatar_live_comments_received_total{source}      every comment that arrived (http, ws, stdin, adapters)
     avatar_live_comments_answered_total
-    avatar_live_comments_dropped_total{reason}       empty, too_long, blocked, rate_limited, queue_full, stale
+    avatar_live_comments_dropped_total{reason}       empty, too_long, blocked, rate_limited, queue_full, stale,
+                                                     answer_failed
     avatar_live_comments_merged_total                duplicates folded into a waiting comment
     avatar_live_comments_waiting
     avatar_live_turns_total{source}                  spoken turns: segment, script, comment
