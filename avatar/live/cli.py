@@ -30,8 +30,9 @@ def register(sub, config_options) -> None:
     p.add_argument("--rtmp", metavar="URL", help="stream here, e.g. rtmp://live.example.com/app/STREAM_KEY")
     p.add_argument("--hls", metavar="DIR", help="write HLS segments and DIR/live.m3u8 here")
     p.add_argument("--record", metavar="FILE.mp4", help="record the stream to this MP4 file")
-    p.add_argument("--minutes", type=float, default=None, help="end the show after this long (default: run "
-                   "until stopped, or until a show without loop has presented every segment)")
+    p.add_argument("--minutes", type=float, default=None, help="end the show after this long: the segment "
+                   "in progress is cut and the comments still waiting are answered (at most 2 more minutes); "
+                   "default: run until stopped, or until a show without loop has presented every segment")
     p.add_argument("--host", default="127.0.0.1", help="address of the comment and metrics endpoints "
                    "(default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8766, help="HTTP port: POST /comments, /metrics, /healthz "

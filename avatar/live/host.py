@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 BACK_TO_SHOW = {"en": "Now, back to the show.", "zh": "好，我们回到节目。"}
 KEEP_HISTORY_TURNS = 40  # the prompt holds at most memory.max_turns_in_prompt; hours of show stay small
+CLOSING_GRACE_S = 120.0  # after --minutes, comments still waiting are answered for at most this long
 SCRIPT_TURN_IDS = 1_000_000  # spoken-as-written turns get ids apart from the session's own turns
 
 
@@ -51,6 +52,8 @@ class ShowHost:
         self._comment_waiting = asyncio.Event()
         self._script_ids = itertools.count(SCRIPT_TURN_IDS)
         self._deadline: float | None = None
+        self._closing = False  # past --minutes: answering the comments still waiting
+        self.closing_grace_s = CLOSING_GRACE_S
         self.stopping = False
         language = services.config.persona.language.split("-")[0].lower()
         self.language = language
@@ -68,7 +71,10 @@ class ShowHost:
         self._comment_waiting.set()
 
     def _over(self) -> bool:
-        return self.stopping or (self._deadline is not None and time.monotonic() >= self._deadline)
+        """Time to stop talking: stopped, or past the deadline (in the closing answers: past their grace)."""
+        if self.stopping or self._deadline is None:
+            return self.stopping
+        return time.monotonic() >= self._deadline + (self.closing_grace_s if self._closing else 0.0)
 
     # -- the show -----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -90,7 +96,9 @@ class ShowHost:
                 if await self.present(segment):
                     self.report.segments_done.inc()
                     self.report.note("segment_done", f"segment {segment.name!r} done", segment=segment.name)
-            while not self._over() and self.desk.waiting():  # a show that ends still answers its viewers
+            # A show that ends still answers the viewers who wrote (for at most closing_grace_s more).
+            self._closing = True
+            while not self._over() and self.desk.waiting():
                 await self.answer_comments()
         finally:
             self.session.close()
