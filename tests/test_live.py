@@ -397,3 +397,17 @@ def test_a_two_minute_show_streams_over_rtmp_and_answers_every_comment(tmp_path)
     print(f"\nreceived {stream.duration_s:.1f} s, {len(stream.video_times)} frames, gaps "
           f"{1000 * (stream.video_gaps_s() + stream.audio_gaps_s):.0f} ms, lip-sync r={r:.2f} lag={lag}, "
           f"repeated frames {stopped['repeated']}")
+
+
+def test_the_face_forgets_speech_long_past():
+    from avatar.face import FaceLibrary
+    from avatar.media import build_animator
+
+    faces = FaceLibrary([REPO / "faces"], progress=None)
+    animator = build_animator(faces.get("astronaut"), sample_rate=22050, fps=25)
+    voice = (np.sin(np.arange(22050) * 0.05) * 8000).astype(np.int16)
+    animator.add_speech(0, voice)
+    animator.add_speech(22050 * 20, voice)
+    assert animator.is_speaking(100) and animator.is_speaking(22050 * 20 + 100)
+    animator.forget_speech_before(22050 * 10)
+    assert not animator.is_speaking(100) and animator.is_speaking(22050 * 20 + 100)

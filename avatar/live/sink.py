@@ -156,6 +156,8 @@ class LiveTimeline:
                 image = self._picture(start, late)
                 self.output(index, image, audio)
                 self.frames = index = index + 1
+                if index % (10 * self.fps) == 0:
+                    self._forget(start)
                 if began or self._listeners:
                     self.loop.call_soon_threadsafe(self._tell, began, start)
         except RuntimeError as exc:  # the event loop closed under us at shutdown
@@ -163,6 +165,12 @@ class LiveTimeline:
         except Exception:  # noqa: BLE001 - never a silent stuck stream
             log.exception("live: the stream clock failed")
             self.closed = True
+
+    def _forget(self, position: int) -> None:
+        """Speech that ended over 10 s ago is of no more use to the face (hours of show stay flat)."""
+        animator = getattr(self.video, "animator", None)
+        if animator is not None and hasattr(animator, "forget_speech_before"):
+            animator.forget_speech_before(position - 10 * self.rate)
 
     def _tell(self, began: list[tuple[int, int]], frame_position: int) -> None:
         now = time.monotonic()
