@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,6 +216,11 @@ def test_intake_needs_the_token_and_takes_http_websocket_and_stdin(tmp_path):
     assert status == 400 and "not JSON" in answer["message"]
     status, answer = post(b'{"text": "hi"}')
     assert status == 400 and '"user"' in answer["message"]
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert 'avatar_live_comments_received_total{source="http"} 1' in r.read().decode()
+    with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+        assert json.loads(r.read())["status"] == "ok"
 
     async def ws_part():
         ws_port = await intake.start_ws("127.0.0.1", 0)

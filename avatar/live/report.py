@@ -55,7 +55,8 @@ class LiveReport:
         r.add(Gauge("avatar_live_stream_frames_total", "Frames produced by the show's clock",
                     fn=lambda: self.timeline.frames if self.timeline else 0))
         r.add(Gauge("avatar_live_stream_frames_repeated_total", "Frames that repeated the last picture because "
-                    "the machine was behind real time", fn=lambda: self.timeline.frames_repeated if self.timeline else 0))
+                    "the machine was behind real time",
+                    fn=lambda: self.timeline.frames_repeated if self.timeline else 0))
         r.add(Gauge("avatar_live_output_fps", "Frames written per second over the last 5 s", ("output",),
                     fn=lambda: self._per_output(lambda o: o.rates()[0])))
         r.add(Gauge("avatar_live_output_bitrate_bps", "Bits written per second over the last 5 s", ("output",),
