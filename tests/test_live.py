@@ -415,3 +415,20 @@ def test_the_face_forgets_speech_long_past():
     assert animator.is_speaking(100) and animator.is_speaking(22050 * 20 + 100)
     animator.forget_speech_before(22050 * 10)
     assert not animator.is_speaking(100) and animator.is_speaking(22050 * 20 + 100)
+
+
+def test_the_command_says_what_is_missing(tmp_path):
+    (tmp_path / "show.toml").write_text(SHOW)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def live(*args):
+        done = subprocess.run([sys.executable, "-m", "avatar", "live", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stderr
+
+    rc, err = live("--show", str(tmp_path / "show.toml"))
+    assert rc == 1 and "--rtmp URL, --hls DIR and/or --record FILE.mp4" in err
+    rc, err = live("--show", str(tmp_path / "show.toml"), "--rtmp", "http://example.com/x")
+    assert rc == 1 and "rtmp:// URL" in err
+    rc, err = live("--show", str(tmp_path / "nope.toml"), "--record", str(tmp_path / "x.mp4"))
+    assert rc == 1 and "show file not found" in err

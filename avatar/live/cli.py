@@ -76,6 +76,9 @@ def cmd_live(args) -> int:
         raise ConfigError(f"--rtmp takes an rtmp:// URL (e.g. rtmp://127.0.0.1/live/show), got {args.rtmp!r}")
     if args.minutes is not None and args.minutes <= 0:
         raise ConfigError("--minutes must be more than 0")
+    import faulthandler
+
+    faulthandler.enable()  # a show runs for hours: a native crash leaves every thread's stack in the log
     show = load_show(args.show)
     blocked = _block_list(args)
     config = config_from_args(args)

@@ -88,7 +88,10 @@ class Output(threading.Thread):
 
         s = self.settings
         if self.kind == "rtmp":
-            container = av.open(self.target, mode="w", format="flv", timeout=(10.0, 10.0))
+            # No write timeout: PyAV installs its interrupt callback only on inputs and opens outputs with
+            # avio_open (no rw_timeout). A server that vanishes without a reset blocks this thread until TCP
+            # gives up; the show and the other outputs go on, and this output's frames are dropped (counted).
+            container = av.open(self.target, mode="w", format="flv")
         elif self.kind == "hls":
             folder = Path(self.target)
             folder.mkdir(parents=True, exist_ok=True)
