@@ -129,8 +129,8 @@ class Output(threading.Thread):
                 stop = self._drop_for(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
-            self.connected = True
-            log.info("live: %s output open: %s", self.kind, self.target)
+            self.connected = True  # until the first write fails (an RTMP connection is made at the header)
+            log.info("live: %s output: %s", self.kind, self.target)
             try:
                 stop = self._write(container, video, audio)
                 delay = RECONNECT_FIRST_S
