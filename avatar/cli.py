@@ -1,4 +1,4 @@
-"""The ``avatar`` command: serve, talk, face, render, bench, soak."""
+"""The ``avatar`` command: serve, talk, face, render, live, bench, soak."""
 
 from __future__ import annotations
 
@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     config_options(p)
     p.set_defaults(func=cmd_soak)
+
+    from avatar.live.cli import register as register_live
+
+    register_live(sub, config_options)
 
     p = sub.add_parser("bench", help="measure latency, concurrency and render speed")
     config_options(p)

@@ -77,6 +77,13 @@ class FaceVideo:
             return turn_id, None
         return turn_id, animator.jpeg_at(position) if self.frames else None
 
+    def image(self, position: int):
+        """The BGR frame at ``position`` for outputs that show every frame (a video stream), or None when
+        the resting face looks the same as the last frame (blocking: run it off the event loop)."""
+        if not self.turn_at(position) and self.animator.unchanged(position):
+            return None
+        return self.animator.frame_at(position)
+
     async def render(self, position: int) -> tuple[int, bytes | None]:
         if self.controls and self.emit is not None:
             values = self.animator.controls_at(position)

@@ -4,11 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System tools the tests use: espeak-ng speaks test sentences, Chromium drives the web page.
+# System tools the tests use: espeak-ng speaks test sentences, Chromium drives the web page, nginx-rtmp
+# receives the livestream.
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v sox >/dev/null || missing+=(sox)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# A local RTMP server for tests/test_live.py: nginx with the RTMP module, run by the test itself (no daemon).
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(libnginx-mod-rtmp)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -108,6 +108,12 @@ class FaceAnimator:
             self._speech = kept
             self._last_jpeg = None
 
+    def forget_speech_before(self, position: int) -> None:
+        """Drop speech whose track ended before ``position`` (a show that runs for hours keeps its per-frame
+        work and memory flat)."""
+        with self._lock:
+            self._speech = [s for s in self._speech if s.track_end * self.sample_rate >= position]
+
     def is_speaking(self, position: int) -> bool:
         with self._lock:
             return any(s.start <= position < (s.end if s.cut is None else min(s.end, s.cut)) for s in self._speech)

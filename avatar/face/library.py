@@ -55,7 +55,7 @@ class FaceLibrary:
                 say(f"face {name}: skipped: {exc.message}")
 
     def _cached(self, photo: Path, name: str) -> bool:
-        cache = _cache_path(photo, name, None)
+        cache = _cache_path(photo, name, None, self.size)
         fallback = _fallback_cache_dir() / f"{name}-{hashlib.sha1(str(photo.resolve()).encode()).hexdigest()[:8]}{CACHE_SUFFIX}"
         for candidate in (cache, fallback):
             if candidate.is_file():

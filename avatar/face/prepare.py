@@ -81,8 +81,11 @@ def face_name_for(photo: str | Path) -> str:
     return Path(photo).name.split(".")[0]
 
 
-def _cache_path(photo: Path, name: str, out_dir: Path | None) -> Path:
-    return (out_dir or photo.parent) / f"{name}{CACHE_SUFFIX}"
+def _cache_path(photo: Path, name: str, out_dir: Path | None, size: int = 512) -> Path:
+    # Another frame size has its own file, so a run at 256 px (the livestream test) never overwrites the
+    # 512 px cache shipped next to the photo.
+    sized = "" if size == 512 else f".{size}px"
+    return (out_dir or photo.parent) / f"{name}{sized}{CACHE_SUFFIX}"
 
 
 def _fallback_cache_dir() -> Path:
@@ -162,7 +165,7 @@ def prepare_face(photo_path: str | Path, name: str | None = None, out_dir: str |
     if not re.fullmatch(r"[\w][\w.-]*", name):
         raise FaceError(f"bad face name {name!r}: use letters, digits, '-', '_' or '.'")
     out = Path(out_dir) if out_dir is not None else None
-    cache = _cache_path(photo, name, out)
+    cache = _cache_path(photo, name, out, size)
     fallback = _fallback_cache_dir() / f"{name}-{hashlib.sha1(str(photo.resolve()).encode()).hexdigest()[:8]}{CACHE_SUFFIX}"
     image = read_image(photo)
     digest = _sha256(photo)
