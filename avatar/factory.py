@@ -81,6 +81,10 @@ class SessionFactory:
         session = Session(services, timeline, emit=emit, conversation=conversation, face=face,
                           resumed=admission.resumed)
         timeline.attach_video(face)
+        if services.config.audio.denoise != "off":  # per session: the model keeps state across frames
+            from avatar.audio_denoise import make_denoiser
+
+            session.denoiser = make_denoiser(services.config.audio)
         log.info("session %s opened (user=%s, resumed=%s, %d turns of history)", admission.session_id[:8],
                  admission.user_id, admission.resumed, len(history))
         return session

@@ -145,6 +145,19 @@ class MemoryStore:
             rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (key, limit)).fetchall()
         return [Turn(u, r, bool(i)) for u, r, i in reversed(rows)]
 
+    def forget_session(self, session_id: str) -> int:
+        """Delete a session and its turns (a kiosk visit that is not kept); returns the turns deleted."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self._db.execute("DELETE FROM turns WHERE session_id=?", (session_id,)).rowcount
+                self._db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return deleted
+
     def integrity_ok(self) -> bool:
         return self._one("PRAGMA integrity_check", ())[0] == "ok"
 

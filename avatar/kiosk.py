@@ -1,0 +1,178 @@
+"""A kiosk visit: who is in front of the screen, greeting them, and forgetting them when they leave.
+
+A kiosk page (web_client/kiosk.html) says ``"kiosk": true`` in its hello. Its session then gets a
+``KioskVisit``, which
+
+- watches the camera: the page sends a small JPEG about twice a second (``camera_frame``); the shared face
+  detector (avatar/presence.py) says whether a face is there. Frames are dropped after the check.
+- starts a visit when a face appears (the agent says ``kiosk.greeting``, a fixed line: no LLM wait) or,
+  for a kiosk without a camera, when someone speaks (that speech is the first question);
+- ends the visit when there has been no face and no speech for ``kiosk.visit_timeout_s`` and the agent
+  is not talking: ``Presence(False)`` and ``VisitEnded`` go out, the visit's turns are deleted unless
+  ``kiosk.retention = "keep"``, and the connection is closed. The page then opens a fresh conversation
+  (no session_id, no user_id), so nothing the visitor said reaches the next one;
+- while nobody is there, says ``kiosk.attract_line`` every ``kiosk.attract_interval_s`` (if set), not
+  stored in memory.
+
+The page stops sending microphone audio while no visit is on (when it has a camera), so nothing is heard
+from an empty room. Counters of visits (Prometheus, avatar/metrics.py) are all that a visit leaves behind
+by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from typing import Callable
+
+from avatar.errors import AvatarError, ProtocolError
+from avatar.events import Event, Presence, TurnEnded, TurnStarted, VisitEnded, VoiceActivity
+
+log = logging.getLogger(__name__)
+
+GREETING_CUE = "(A visitor walks up to the kiosk.)"  # the user's side of the greeting turn, in memory
+ATTRACT_CUE = "(Nobody is at the kiosk.)"
+CAMERA_STALE_S = 5.0  # no frame for this long: the camera is gone; wake on speech instead
+WATCH_INTERVAL_S = 0.25
+
+
+class KioskVisit:
+    def __init__(self, services, session, *, emit: Callable[[Event], None], end_connection: Callable[[], None],
+                 detector=None, clock: Callable[[], float] = time.monotonic):
+        self.config = services.config.kiosk
+        self.memory = services.memory
+        self.session = session  # avatar.session.Session
+        self.emit = emit
+        self.end_connection = end_connection  # closes the connection after a visit ended
+        self._detector = detector  # avatar.presence.FaceDetector; the shared one when None
+        self.clock = clock
+        self.state = "idle"  # "idle" | "visit" | "ended"
+        self.started = 0.0
+        self.last_face = self.last_speech = self.last_frame = -1e9
+        self.last_attract = clock()
+        self.turns = 0
+        self.detecting = False
+        self.frames = self.frames_skipped = 0
+        self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            from avatar.presence import FaceDetector
+
+            self._detector = FaceDetector.shared()
+        return self._detector
+
+    @property
+    def camera(self) -> bool:
+        return self.clock() - self.last_frame < CAMERA_STALE_S
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def camera_frame(self, fields: dict) -> None:
+        """A ``camera_frame`` message: check it for a face, off the event loop (at most one at a time: a
+        frame that comes while the previous one is being looked at is skipped)."""
+        if self.state == "ended":
+            return
+        try:
+            jpeg = base64.b64decode(fields["jpeg"], validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("'camera_frame.jpeg' must be base64 (a JPEG of the camera, without the "
+                                "'data:image/jpeg;base64,' prefix)") from None
+        self.last_frame = self.clock()
+        self.frames += 1
+        if self.detecting:
+            self.frames_skipped += 1
+            return
+        self.detecting = True
+        asyncio.get_running_loop().create_task(self._detect(jpeg))
+
+    async def _detect(self, jpeg: bytes) -> None:
+        try:
+            sighting = await self.detector.detect_async(jpeg)
+        except AvatarError as exc:
+            self.session.emit_error(exc, where="presence")
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed check must not end the kiosk
+            self.session.emit_error(exc, where="presence detection")
+            return
+        finally:
+            self.detecting = False
+        if sighting.faces and self.state != "ended":
+            self.last_face = self.clock()
+            if self.state == "idle":
+                self._arrive("camera")
+
+    def observe(self, event: Event) -> None:
+        """Event-bus subscriber: speech keeps a visit going (and starts one when there is no camera)."""
+        if isinstance(event, VoiceActivity) and event.event == "speech_start":
+            self.last_speech = self.clock()
+            if self.state == "idle" and not self.camera:
+                self._arrive("speech")
+        elif isinstance(event, TurnStarted) and event.source == "voice":
+            self.last_speech = self.clock()
+        elif isinstance(event, TurnEnded) and self.state == "visit" and event.source in ("voice", "text"):
+            self.turns += 1
+
+    # -- the visit ----------------------------------------------------------------------------------------
+    def _arrive(self, source: str) -> None:
+        self.state = "visit"
+        self.started = self.clock()
+        self.turns = 0
+        log.info("kiosk %s: a visitor arrived (%s)", self.session.session_id[:8], source)
+        self.emit(Presence(True, source))
+        greeting = self.config.greeting.strip()
+        if source == "camera" and greeting:
+            if self.session.turn is not None:  # an attract line still playing
+                self.session.interrupt("presence")
+            self.session.say_line(greeting, "presence", cue=GREETING_CUE)
+
+    def _quiet_for(self) -> float:
+        return self.clock() - max(self.last_face, self.last_speech, self.started)
+
+    def _end(self, reason: str) -> None:
+        duration = self.clock() - self.started
+        self.state = "ended"
+        log.info("kiosk %s: visit ended (%s) after %.0f s, %d turns", self.session.session_id[:8], reason,
+                 duration, self.turns)
+        self.emit(Presence(False, "timeout" if reason == "left" else reason))
+        self.emit(VisitEnded(reason, duration, self.turns))
+        self._forget()
+
+    def _forget(self) -> None:
+        if self.config.retention == "keep":
+            return
+        self.session.conversation.history.clear()
+        try:
+            deleted = self.memory.forget_session(self.session.session_id)
+            log.info("kiosk %s: %d turns deleted (kiosk.retention = \"none\")", self.session.session_id[:8], deleted)
+        except Exception:  # noqa: BLE001 - logged; the next visit starts a new session anyway
+            log.exception("kiosk %s: the visit's turns could not be deleted", self.session.session_id[:8])
+
+    async def _watch_loop(self) -> None:
+        cfg = self.config
+        while self.state != "ended":
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = self.clock()
+            if self.session.busy():  # the agent is answering: not a silence, whoever is there
+                self.last_speech = max(self.last_speech, now) if self.state == "visit" else self.last_speech
+                continue
+            if self.state == "visit" and self._quiet_for() >= cfg.visit_timeout_s:
+                self._end("left")
+                self.end_connection()
+                return
+            if (self.state == "idle" and cfg.attract_interval_s > 0 and cfg.attract_line.strip()
+                    and now - self.last_attract >= cfg.attract_interval_s):
+                self.last_attract = now
+                self.session.say_line(cfg.attract_line.strip(), "attract", cue=ATTRACT_CUE, remember=False)
+
+    def close(self) -> None:
+        """The connection is gone (the session closes): a visit in progress ends here."""
+        self._watch.cancel()
+        if self.state == "visit":
+            self._end("disconnected")
+        elif self.state == "idle":
+            self.state = "ended"
+            self._forget()  # an attract-only session: nothing to keep either
