@@ -184,14 +184,12 @@ class KioskConfig:
     # What is kept of a visit once it ends: "none" (its turns are deleted; only the visit counters in
     # /metrics remain) | "keep" (stored like any conversation).
     retention: str = "none"
-    frame_interval_ms: int = 500  # the page sends a small camera frame this often for presence detection
 
     def __post_init__(self) -> None:
         if self.retention not in ("none", "keep"):
             raise ConfigError(f"kiosk.retention must be \"none\" or \"keep\", got {self.retention!r}")
-        if self.visit_timeout_s <= 0 or self.attract_interval_s < 0 or self.frame_interval_ms < 100:
-            raise ConfigError("kiosk.visit_timeout_s must be > 0, kiosk.attract_interval_s >= 0 and "
-                              "kiosk.frame_interval_ms >= 100")
+        if self.visit_timeout_s <= 0 or self.attract_interval_s < 0:
+            raise ConfigError("kiosk.visit_timeout_s must be > 0 and kiosk.attract_interval_s >= 0")
 
 
 @dataclass

@@ -56,7 +56,10 @@ class KioskVisit:
         self.turns = 0
         self.detecting = False
         self.frames = self.frames_skipped = 0
-        self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+        loop = asyncio.get_running_loop()
+        self._watch = loop.create_task(self._watch_loop())
+        if detector is None:  # load the shared detector now, not when the first visitor is already there
+            loop.run_in_executor(None, lambda: self.detector)
 
     @property
     def detector(self):
