@@ -89,7 +89,7 @@ class Denoiser:
 
         samples = np.asarray(samples, np.float32)
         with self._lock:
-            if not self._state:
+            if not self._state or len(samples) == 0:
                 return samples
             up = np.zeros(len(samples) * FACTOR, np.float64)
             up[::FACTOR] = samples
@@ -102,9 +102,11 @@ class Denoiser:
                 self.snr_db = float(self._lib.df_process_frame(self._state, self._in, self._out))
                 out48[start:start + self.frame] = np.ctypeslib.as_array(self._out)
             self._pending = pending[n:]
-            down, self._down_zi = lfilter(self._h, 1.0, out48.astype(np.float64), zi=self._down_zi)
-            # n is a multiple of 480, hence of 3: every chunk starts on the same decimation phase.
-            cleaned = np.concatenate([self._cleaned, down[::FACTOR].astype(np.float32)])
+            cleaned = self._cleaned
+            if n:  # a chunk shorter than a frame (10 ms) only fills the buffer
+                down, self._down_zi = lfilter(self._h, 1.0, out48.astype(np.float64), zi=self._down_zi)
+                # n is a multiple of 480, hence of 3: every chunk starts on the same decimation phase.
+                cleaned = np.concatenate([cleaned, down[::FACTOR].astype(np.float32)])
             # Hand back as many samples as came in (zeros at the very start, while the first frame fills).
             if len(cleaned) < len(samples):
                 cleaned = np.concatenate([np.zeros(len(samples) - len(cleaned), np.float32), cleaned])
