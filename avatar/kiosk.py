@@ -55,6 +55,7 @@ class KioskVisit:
         self.last_attract = clock()
         self.turns = 0
         self.detecting = False
+        self.speaking = False  # the visitor is talking now (between the VAD's speech_start and speech_end)
         self.frames = self.frames_skipped = 0
         loop = asyncio.get_running_loop()
         self._watch = loop.create_task(self._watch_loop())
@@ -110,9 +111,10 @@ class KioskVisit:
 
     def observe(self, event: Event) -> None:
         """Event-bus subscriber: speech keeps a visit going (and starts one when there is no camera)."""
-        if isinstance(event, VoiceActivity) and event.event == "speech_start":
+        if isinstance(event, VoiceActivity):
             self.last_speech = self.clock()
-            if self.state == "idle" and not self.camera:
+            self.speaking = event.event == "speech_start"
+            if self.speaking and self.state == "idle" and not self.camera:
                 self._arrive("speech")
         elif isinstance(event, TurnStarted) and event.source == "voice":
             self.last_speech = self.clock()
@@ -159,8 +161,9 @@ class KioskVisit:
         while self.state != "ended":
             await asyncio.sleep(WATCH_INTERVAL_S)
             now = self.clock()
-            if self.session.busy():  # the agent is answering: not a silence, whoever is there
-                self.last_speech = max(self.last_speech, now) if self.state == "visit" else self.last_speech
+            if self.session.busy() or self.speaking:  # someone is talking: not a silence, whoever is there
+                if self.state == "visit":
+                    self.last_speech = max(self.last_speech, now)
                 continue
             if self.state == "visit" and self._quiet_for() >= cfg.visit_timeout_s:
                 self._end("left")

@@ -202,7 +202,42 @@ def test_kiosk_greets_answers_forgets_and_recovers(server_factory, fake_media, t
     assert not [c for c in console if c.startswith("pageerror")], console
 
 
+def next_event(ws, kind: str) -> dict:
+    """The next JSON message of type ``kind`` (media frames and other events are skipped)."""
+    import json
+
+    while True:
+        message = ws.recv(timeout=30)
+        if isinstance(message, str) and (event := json.loads(message))["type"] == kind:
+            return event
+
+
+def check_camera_frame_errors(ws_url: str) -> None:
+    """Bad camera frames get a clear error and the connection goes on."""
+    import base64
+    import json
+
+    from websockets.sync.client import connect
+
+    with connect(ws_url) as ws:
+        ws.send(json.dumps({"type": "hello", "video": False}))
+        next_event(ws, "ready")
+        ws.send(json.dumps({"type": "camera_frame", "jpeg": "AAAA"}))
+        assert "kiosk" in next_event(ws, "error")["message"]
+    with connect(ws_url) as ws:
+        ws.send(json.dumps({"type": "hello", "video": False, "kiosk": True}))
+        next_event(ws, "ready")
+        ws.send(json.dumps({"type": "camera_frame", "jpeg": "not base64!"}))
+        assert "base64" in next_event(ws, "error")["message"]
+        ws.send(json.dumps({"type": "camera_frame", "jpeg": base64.b64encode(b"GIF89a...").decode()}))
+        error = next_event(ws, "error")
+        assert error["code"] != "internal" and "JPEG" in error["message"], error
+        ws.send(json.dumps({"type": "ping"}))
+        next_event(ws, "pong")
+
+
 def _visits(page, srv, server_factory, overrides, data_dir) -> None:
+    check_camera_frame_errors(srv.ws_url)
     page.goto(srv.http_url + "/kiosk")
     wait_for(page, "window.kioskStats.sessionId && window.kioskStats.connection === 'connected'", 30)
     assert page.is_visible("#arm"), "the operator's one click comes first"
