@@ -128,13 +128,15 @@ class Denoiser:
 
 def make_denoiser(audio_config) -> Denoiser | None:
     """The session's denoiser for ``[audio]`` (avatar.config.AudioInConfig), or None when it is off."""
-    return Denoiser() if audio_config.denoise == "deepfilter" else None
+    if audio_config.denoise != "deepfilter":
+        return None
+    return Denoiser(attenuation_limit_db=audio_config.denoise_limit_db)
 
 
-def denoise_file(audio: np.ndarray, chunk: int = 320) -> np.ndarray:
+def denoise_file(audio: np.ndarray, chunk: int = 320, attenuation_limit_db: float = 100.0) -> np.ndarray:
     """A whole 16 kHz recording through a fresh denoiser in microphone-sized chunks, delay removed
     (for benchmarks and tests)."""
-    d = Denoiser()
+    d = Denoiser(attenuation_limit_db)
     try:
         tail = np.zeros(MODEL_RATE // 10 // FACTOR, np.float32)  # 100 ms to flush the delay
         padded = np.concatenate([np.asarray(audio, np.float32), tail])

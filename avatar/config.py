@@ -167,6 +167,9 @@ class AudioInConfig:
     # "off" | "deepfilter": DeepFilterNet3 noise suppression (extra "denoise": pip install avatar[denoise])
     # for public places (babble, street noise). See avatar/audio_denoise.py and BENCHMARKS.md for its effect.
     denoise: str = "off"
+    # At most this much noise is taken away (dB). 100: all the model can; a milder limit leaves more of the
+    # speech untouched (measured effect on word error: BENCHMARKS.md).
+    denoise_limit_db: float = 100.0
 
     def __post_init__(self) -> None:
         if self.denoise not in ("off", "deepfilter"):

