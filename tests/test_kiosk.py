@@ -38,7 +38,7 @@ LOOP_S = 100.0
 # answer may take 20 s; a face that came back before the visit ended would be the same visit.
 FACES = [(0.0, 22.0), (60.0, 82.0)]
 # what each visitor says, and when (the microphone is only sent while a visitor is there)
-SPEECH = [(6.0, "My name is Oscar. What is the capital of France?"), (66.0, "Hello. What is my name?")]
+SPEECH = [(6.0, "My name is Oscar. What is the capital of France?"), (66.0, "Do you know what my name is?")]
 SECRET = "oscar"
 
 

@@ -57,7 +57,16 @@ function caption(id, text, { partial = false } = {}) {
   el.classList.toggle('partial', partial);
   document.body.classList.toggle('talking', !!($('agent-caption').textContent || $('user-caption').textContent));
   clearTimeout(captionTimer);
-  captionTimer = setTimeout(clearCaptions, CAPTION_CLEAR_MS);
+  captionTimer = setTimeout(fadeCaptions, CAPTION_CLEAR_MS);
+}
+
+function fadeCaptions() {
+  // Not while the agent thinks or talks: a slow answer keeps the question on screen.
+  if (stats.agentState !== 'listening' || stats.audioPlaying) {
+    captionTimer = setTimeout(fadeCaptions, 1000);
+    return;
+  }
+  clearCaptions();
 }
 
 function clearCaptions() {
