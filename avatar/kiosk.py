@@ -35,14 +35,31 @@ log = logging.getLogger(__name__)
 
 GREETING_CUE = "(A visitor walks up to the kiosk.)"  # the user's side of the greeting turn, in memory
 ATTRACT_CUE = "(Nobody is at the kiosk.)"
+# The default lines in the persona's language, used while kiosk.greeting / kiosk.attract_line keep their
+# (English) defaults; an operator's own line is said as written.
+DEFAULT_LINES = {
+    "zh": {"greeting": "您好，欢迎光临！请问有什么可以帮您？", "attract_line": "您好！有问题的话，请走近和我说话。"},
+}
 CAMERA_STALE_S = 5.0  # no frame for this long: the camera is gone; wake on speech instead
 WATCH_INTERVAL_S = 0.25
+
+
+def kiosk_line(config, name: str) -> str:
+    """``kiosk.greeting`` or ``kiosk.attract_line``, in the persona's language when left at its default."""
+    from avatar.config import KioskConfig
+
+    value = getattr(config.kiosk, name).strip()
+    if value == getattr(KioskConfig(), name):
+        return DEFAULT_LINES.get(config.persona.language, {}).get(name, value)
+    return value
 
 
 class KioskVisit:
     def __init__(self, services, session, *, emit: Callable[[Event], None], end_connection: Callable[[], None],
                  detector=None, clock: Callable[[], float] = time.monotonic):
         self.config = services.config.kiosk
+        self.greeting = kiosk_line(services.config, "greeting")
+        self.attract_line = kiosk_line(services.config, "attract_line")
         self.memory = services.memory
         self.session = session  # avatar.session.Session
         self.emit = emit
@@ -128,7 +145,7 @@ class KioskVisit:
         self.turns = 0
         log.info("kiosk %s: a visitor arrived (%s)", self.session.session_id[:8], source)
         self.emit(Presence(True, source))
-        greeting = self.config.greeting.strip()
+        greeting = self.greeting
         if source == "camera" and greeting:
             if self.session.turn is not None:  # an attract line still playing
                 self.session.interrupt("presence")
@@ -169,10 +186,10 @@ class KioskVisit:
                 self._end("left")
                 self.end_connection()
                 return
-            if (self.state == "idle" and cfg.attract_interval_s > 0 and cfg.attract_line.strip()
+            if (self.state == "idle" and cfg.attract_interval_s > 0 and self.attract_line
                     and now - self.last_attract >= cfg.attract_interval_s):
                 self.last_attract = now
-                self.session.say_line(cfg.attract_line.strip(), "attract", cue=ATTRACT_CUE, remember=False)
+                self.session.say_line(self.attract_line, "attract", cue=ATTRACT_CUE, remember=False)
 
     def close(self) -> None:
         """The connection is gone (the session closes): a visit in progress ends here."""

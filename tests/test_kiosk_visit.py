@@ -124,3 +124,15 @@ async def test_closing_mid_visit_ends_and_forgets_it(tmp_path):
     h.timeline.close()
     h.sender.cancel()
     h.services.close()
+
+
+def test_default_lines_follow_the_persona_language():
+    from avatar.config import load_config
+    from avatar.kiosk import kiosk_line
+
+    zh = load_config(overrides={"persona": {"language": "zh"}})
+    assert kiosk_line(zh, "greeting").startswith("您好")
+    assert "走近" in kiosk_line(zh, "attract_line")
+    own = load_config(overrides={"persona": {"language": "zh"}, "kiosk": {"greeting": "欢迎来到博物馆！"}})
+    assert kiosk_line(own, "greeting") == "欢迎来到博物馆！"
+    assert kiosk_line(load_config(), "greeting") == "Hello, welcome! How can I help you today?"
