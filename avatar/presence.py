@@ -69,15 +69,47 @@ class FaceDetector:
         return await asyncio.get_running_loop().run_in_executor(self._thread, self.detect, jpeg)
 
 
+NOT_JPEG = ("'camera_frame.jpeg' is not a JPEG image; send a base64-encoded JPEG of the camera "
+            "(e.g. canvas.toDataURL('image/jpeg') without its 'data:' prefix)")
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, read before decoding: a few bytes can declare an image
+    of gigabytes, which must be refused before the decoder allocates it. None if it is no JPEG."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + length
+    return None
+
+
 def decode_jpeg(jpeg: bytes) -> np.ndarray:
-    """JPEG (or PNG) bytes -> RGB array; ``ProtocolError`` for anything else."""
+    """JPEG bytes -> RGB array; ``ProtocolError`` for anything else or for a frame over MAX_FRAME_PIXELS."""
     import cv2
 
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) if jpeg else None
-    if image is None:
-        raise ProtocolError("'camera_frame.jpeg' is not a JPEG image; send a base64-encoded JPEG of the camera "
-                            "(e.g. canvas.toDataURL('image/jpeg') without its 'data:' prefix)")
-    if image.shape[0] * image.shape[1] > MAX_FRAME_PIXELS:
-        raise ProtocolError(f"a camera frame of {image.shape[1]}x{image.shape[0]} is too large for a presence "
-                            "check; send 320x240 (at most 1280x960)")
+    size = jpeg_size(jpeg)
+    if size is None:
+        raise ProtocolError(NOT_JPEG)
+    if size[0] * size[1] > MAX_FRAME_PIXELS:
+        raise ProtocolError(f"a camera frame of {size[0]}x{size[1]} is too large for a presence check; send "
+                            "320x240 (at most 1280x960)")
+    try:
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
+    if image is None or image.size == 0:
+        raise ProtocolError(NOT_JPEG)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -104,6 +104,17 @@ def test_presence_detector_sees_a_face_and_an_empty_room():
     assert detector.detect(cv2.imencode(".jpg", empty_frame())[1].tobytes()).faces == 0
     with pytest.raises(ProtocolError, match="not a JPEG"):
         detector.detect(b"not an image")
+    png = cv2.imencode(".png", portrait_frame())[1].tobytes()
+    with pytest.raises(ProtocolError, match="not a JPEG"):
+        detector.detect(png)
+    jpeg = cv2.imencode(".jpg", portrait_frame())[1].tobytes()
+    with pytest.raises(ProtocolError, match="not a JPEG"):
+        detector.detect(jpeg[:200])  # cut short
+    # A frame header that declares 60000x60000 pixels is refused before anything is decoded.
+    sof = jpeg.index(b"\xff\xc0")
+    bomb = jpeg[:sof + 5] + (60000).to_bytes(2, "big") * 2 + jpeg[sof + 9:]
+    with pytest.raises(ProtocolError, match="too large"):
+        detector.detect(bomb)
 
 
 def test_denoiser_raises_snr_of_speech_in_noise(tmp_path):
