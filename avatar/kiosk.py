@@ -29,7 +29,7 @@ import time
 from typing import Callable
 
 from avatar.errors import AvatarError, ProtocolError
-from avatar.events import Event, Presence, TurnEnded, TurnStarted, VisitEnded, VoiceActivity
+from avatar.events import ErrorRaised, Event, Presence, TurnEnded, TurnStarted, VisitEnded, VoiceActivity
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class KioskVisit:
         self.last_attract = clock()
         self.turns = 0
         self.detecting = False
+        self._detection: asyncio.Task | None = None
+        self.broken = False  # the detector failed (not a bad frame): presence falls back to speech
         self.speaking = False  # the visitor is talking now (between the VAD's speech_start and speech_end)
         self.frames = self.frames_skipped = 0
         loop = asyncio.get_running_loop()
@@ -89,13 +91,13 @@ class KioskVisit:
 
     @property
     def camera(self) -> bool:
-        return self.clock() - self.last_frame < CAMERA_STALE_S
+        return not self.broken and self.clock() - self.last_frame < CAMERA_STALE_S
 
     # -- inputs -------------------------------------------------------------------------------------------
     def camera_frame(self, fields: dict) -> None:
         """A ``camera_frame`` message: check it for a face, off the event loop (at most one at a time: a
         frame that comes while the previous one is being looked at is skipped)."""
-        if self.state == "ended":
+        if self.state == "ended" or self.broken:
             return
         try:
             jpeg = base64.b64decode(fields["jpeg"], validate=True)
@@ -108,16 +110,22 @@ class KioskVisit:
             self.frames_skipped += 1
             return
         self.detecting = True
-        asyncio.get_running_loop().create_task(self._detect(jpeg))
+        self._detection = asyncio.get_running_loop().create_task(self._detect(jpeg))  # kept: not collected
 
     async def _detect(self, jpeg: bytes) -> None:
         try:
-            sighting = await self.detector.detect_async(jpeg)
-        except AvatarError as exc:
+            detector = self._detector
+            if detector is None:  # still loading (the first frames): wait off the event loop
+                detector = await asyncio.get_running_loop().run_in_executor(None, lambda: self.detector)
+            sighting = await detector.detect_async(jpeg)
+        except AvatarError as exc:  # a bad frame: the client hears why
             self.session.emit_error(exc, where="presence")
             return
-        except Exception as exc:  # noqa: BLE001 - a failed check must not end the kiosk
-            self.session.emit_error(exc, where="presence detection")
+        except Exception as exc:  # noqa: BLE001 - a broken detector must not end the kiosk
+            self.broken = True  # said once; from now on the kiosk wakes on speech, as without a camera
+            log.exception("kiosk %s: presence detection failed", self.session.session_id[:8])
+            self.emit(ErrorRaised("presence_unavailable", f"presence detection failed ({exc!r}); stop sending "
+                                  "camera frames: the kiosk now wakes on speech, as without a camera"))
             return
         finally:
             self.detecting = False

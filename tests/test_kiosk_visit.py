@@ -136,3 +136,30 @@ def test_default_lines_follow_the_persona_language():
     own = load_config(overrides={"persona": {"language": "zh"}, "kiosk": {"greeting": "欢迎来到博物馆！"}})
     assert kiosk_line(own, "greeting") == "欢迎来到博物馆！"
     assert kiosk_line(load_config(), "greeting") == "Hello, welcome! How can I help you today?"
+
+
+class BrokenDetector:
+    async def detect_async(self, jpeg: bytes) -> Sighting:
+        raise RuntimeError("the detector's graph failed")
+
+
+async def test_a_broken_detector_falls_back_to_waking_on_speech(tmp_path):
+    from avatar.events import ErrorRaised
+
+    h = open_harness(tmp_path, heard_everything=True, overrides={"kiosk": {"visit_timeout_s": 0.6}})
+    visit = KioskVisit(h.services, h.session, emit=h.bus.emit, end_connection=lambda: None,
+                       detector=BrokenDetector())
+    h.bus.subscribe(visit.observe)
+    try:
+        visit.camera_frame({"jpeg": FACE})
+        await wait_for(lambda: of(h, ErrorRaised))
+        assert [e.code for e in of(h, ErrorRaised)] == ["presence_unavailable"]
+        visit.camera_frame({"jpeg": FACE})  # ignored, not reported again
+        await asyncio.sleep(0.1)
+        assert len(of(h, ErrorRaised)) == 1 and not visit.camera
+        await feed(h.session, speech_like(0.8))
+        await wait_for(lambda: of(h, Presence), timeout=5)
+        assert of(h, Presence)[0] == Presence(True, "speech")
+    finally:
+        visit.close()
+        h.close()

@@ -120,6 +120,13 @@ async function startCamera() {
   }
 }
 
+function stopCamera() {
+  stats.camera = false;
+  const stream = camera.srcObject;
+  camera.srcObject = null;
+  if (stream) for (const t of stream.getTracks()) { t.onended = null; t.stop(); }
+}
+
 function sendCameraFrame() {
   if (!stats.camera || !ready || !socket.isOpen || camera.readyState < 2) return;
   const g = grab.getContext('2d');
@@ -227,6 +234,7 @@ function handleMessage(msg) {
       return;
     case 'error':
       stats.errors.push(`${msg.code}: ${msg.message}`);
+      if (msg.code === 'presence_unavailable') stopCamera(); // the server cannot see: wake on speech
       console.warn('avatar kiosk: server error', msg);
       return;
     default:
