@@ -207,7 +207,11 @@ function handleMessage(msg) {
       stats.agentState = msg.state;
       return;
     case 'vad':
-      if (msg.event === 'speech_start') caption('user-caption', '…', { partial: true });
+      // The visitor speaks again: the words come with the first partial transcript; until then the last
+      // question stays (dimmed) rather than flashing an empty caption.
+      if (msg.event === 'speech_start') {
+        caption('user-caption', $('user-caption').textContent || '…', { partial: true });
+      }
       return;
     case 'transcript':
       if (msg.text && msg.text.trim()) caption('user-caption', msg.text.trim(), { partial: !msg.final });
