@@ -173,7 +173,7 @@ def measure_offline(config, utterances: list[Utterance], log) -> dict:
     import threading
 
     from avatar.clauses import ClauseSplitter, speakable
-    from avatar.memory import build_prompt
+    from avatar.prompt import build_prompt
     from avatar.models import load_models
 
     models = load_models(config, progress=log)

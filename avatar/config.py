@@ -1,6 +1,7 @@
 """Configuration: one TOML file, every key optional. ``avatar serve --config FILE``.
 
-Sections mirror the pipeline: [server], [persona], [vad], [turn], [asr], [llm], [tts], [video], [memory], [limits].
+Sections mirror the pipeline: [server], [persona], [vad], [turn], [asr], [llm], [tts], [video], [memory], [limits],
+[audio], [kiosk].
 Unknown keys are an error (a typo should not silently fall back to a default).
 """
 
@@ -181,6 +182,41 @@ REPLY_IN = {"zh": " 请用简体中文回答。", "yue": " 请用粤语回答。
 
 
 @dataclass
+class AudioInConfig:
+    """[audio]: the microphone audio before VAD and ASR."""
+
+    # "off" | "deepfilter": DeepFilterNet3 noise suppression (extra "denoise": pip install avatar[denoise])
+    # for public places (babble, street noise). See avatar/audio_denoise.py and BENCHMARKS.md for its effect.
+    denoise: str = "off"
+    # At most this much noise is taken away (dB). 100: all the model can; a milder limit leaves more of the
+    # speech untouched (measured effect on word error: BENCHMARKS.md).
+    denoise_limit_db: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.denoise not in ("off", "deepfilter"):
+            raise ConfigError(f"audio.denoise must be \"off\" or \"deepfilter\", got {self.denoise!r}")
+
+
+@dataclass
+class KioskConfig:
+    """[kiosk]: a face on a screen in a public place (web_client/kiosk.html, avatar/kiosk.py, docs/kiosk.md)."""
+
+    greeting: str = "Hello, welcome! How can I help you today?"  # said when a visitor's face appears; "" = none
+    visit_timeout_s: float = 8.0  # no face and no speech for this long: the visitor left, the visit ends
+    attract_interval_s: float = 0.0  # while nobody is there, say attract_line this often (0: never)
+    attract_line: str = "Hello there! Step closer if you have a question."
+    # What is kept of a visit once it ends: "none" (its turns are deleted; only the visit counters in
+    # /metrics remain) | "keep" (stored like any conversation).
+    retention: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.retention not in ("none", "keep"):
+            raise ConfigError(f"kiosk.retention must be \"none\" or \"keep\", got {self.retention!r}")
+        if self.visit_timeout_s <= 0 or self.attract_interval_s < 0:
+            raise ConfigError("kiosk.visit_timeout_s must be > 0 and kiosk.attract_interval_s >= 0")
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     persona: PersonaConfig = field(default_factory=PersonaConfig)
@@ -192,6 +228,8 @@ class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    audio: AudioInConfig = field(default_factory=AudioInConfig)
+    kiosk: KioskConfig = field(default_factory=KioskConfig)
 
     @property
     def data_path(self) -> Path:

@@ -106,8 +106,25 @@ class Pong:
     pass
 
 
+@dataclass(frozen=True)
+class Presence:
+    """A kiosk's visitor arrived (``present``) or left (avatar/kiosk.py)."""
+
+    present: bool
+    source: str  # "camera" (a face was seen) | "speech" (no camera: woken by speech) | "timeout"
+
+
+@dataclass(frozen=True)
+class VisitEnded:
+    """A kiosk visit is over; the connection closes next and the page opens a fresh conversation."""
+
+    reason: str  # "left" (no face, no speech for kiosk.visit_timeout_s) | "disconnected"
+    duration_s: float
+    turns: int  # turns answered during the visit
+
+
 Event = Union[Ready, StateChanged, VoiceActivity, Transcript, TurnStarted, ReplyDelta, Interrupted, TurnEnded,
-              FaceControls, ErrorRaised, Pong]
+              FaceControls, ErrorRaised, Pong, Presence, VisitEnded]
 
 
 def to_wire(event: Event) -> list[dict]:
@@ -146,6 +163,11 @@ def to_wire(event: Event) -> list[dict]:
                  "values": {name: round(v, 4) for name, v in event.values.items()}}]
     if isinstance(event, Pong):
         return [{"type": "pong"}]
+    if isinstance(event, Presence):
+        return [{"type": "presence", "present": event.present, "source": event.source}]
+    if isinstance(event, VisitEnded):
+        return [{"type": "visit_end", "reason": event.reason, "duration_s": round(event.duration_s, 1),
+                 "turns": event.turns}]
     raise TypeError(f"no wire form for {type(event).__name__}")
 
 

@@ -72,7 +72,7 @@ class SessionFactory:
             session_id=admission.session_id, resume_key=admission.resume_key, user_id=admission.name,
             user_key=admission.user_key, resumed=admission.resumed,
             history=[m for t in history for m in ({"role": "user", "text": t.user_text},
-                                                  {"role": "assistant", "text": t.reply_text})],
+                                                  {"role": "assistant", "text": t.heard_text})],
             persona={"name": services.config.persona.name, "language": services.config.persona.language},
             audio={"input_rate": INPUT_SAMPLE_RATE, "output_rate": services.output_rate},
             video=video, controls=controls, face=face.name if face is not None else None,
@@ -82,6 +82,10 @@ class SessionFactory:
         session = Session(services, timeline, emit=emit, conversation=conversation, face=face,
                           resumed=admission.resumed)
         timeline.attach_video(face)
+        if services.config.audio.denoise != "off":  # per session: the model keeps state across frames
+            from avatar.audio_denoise import make_denoiser
+
+            session.denoiser = make_denoiser(services.config.audio)
         log.info("session %s opened (user=%s, resumed=%s, %d turns of history)", admission.session_id[:8],
                  admission.user_id, admission.resumed, len(history))
         return session

@@ -31,7 +31,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from avatar.errors import AvatarError, ConfigError
 
@@ -75,13 +74,13 @@ FULL_MESSAGE = ("the server's disk is full: conversations go on, but new turns a
 @dataclass
 class Turn:
     user_text: str
-    reply_text: str
+    heard_text: str  # the part of the reply the user heard (all of it unless interrupted); column reply_text
     interrupted: bool = False
 
 
 @dataclass
 class _Write:
-    kind: str  # "turn" | "user"
+    kind: str  # "turn" | "user" | "delete"
     args: tuple
     session_row: tuple | None = None  # (id, user_id, created, key_hash): the session's first turn writes it
 
@@ -213,7 +212,10 @@ class MemoryStore:
         db = self._writer_db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if write.kind == "user":
+            if write.kind == "delete":
+                db.execute("DELETE FROM turns WHERE session_id=?", write.args)
+                db.execute("DELETE FROM sessions WHERE id=?", write.args)
+            elif write.kind == "user":
                 user_id, key_hash, name, created = write.args
                 db.execute("INSERT OR IGNORE INTO users(id, key_hash, created, name) VALUES (?,?,?,?)",
                            (user_id, key_hash, created, name))
@@ -225,7 +227,7 @@ class MemoryStore:
                 db.execute(
                     "INSERT INTO turns(session_id, user_id, user_text, reply_text, full_reply, interrupted,"
                     " created) VALUES (?,?,?,?,?,?,?)",
-                    (session_id, user_id, turn.user_text, turn.reply_text, full_reply, int(turn.interrupted),
+                    (session_id, user_id, turn.user_text, turn.heard_text, full_reply, int(turn.interrupted),
                      created),
                 )
                 db.execute("UPDATE sessions SET updated=? WHERE id=?", (created, session_id))
@@ -397,6 +399,9 @@ class MemoryStore:
     def history(self, *, session_id: str, user_id: str | None = None, limit: int = 200) -> list[Turn]:
         """The newest ``limit`` turns, oldest first: the user's turns across sessions when a user id is
         known, else the session's; turns still waiting to be written are included."""
+        with self._cond:  # a deleted session (a kiosk visit) is gone at once, before the writer gets to it
+            if not user_id and any(w.kind == "delete" and w.args[0] == session_id for w in self._queue):
+                return []
         if user_id:
             sql, key, index = "SELECT user_text, reply_text, interrupted FROM turns WHERE user_id=?", user_id, 1
         else:
@@ -410,39 +415,11 @@ class MemoryStore:
                 rows = []
         return ([Turn(u, r, bool(i)) for u, r, i in reversed(rows)] + queued)[-limit:]
 
+    def delete_session(self, session_id: str) -> None:
+        """Delete a session and its turns (a kiosk visit); queued behind its turns, so none lands after it."""
+        with self._cond:
+            self._pending_sessions.pop(session_id, None)
+        self._enqueue(_Write("delete", (session_id,)))
+
     def integrity_ok(self) -> bool:
         return self._one("PRAGMA integrity_check", ())[0] == "ok"
-
-
-def build_prompt(
-    system_prompt: str,
-    history: list[Turn],
-    user_text: str,
-    *,
-    count_tokens: Callable[[str], int],
-    budget_tokens: int,
-    max_turns: int,
-) -> list[dict]:
-    """Chat messages for the model: the system prompt, as many recent turns as fit the token budget, and
-    the new user text. Old turns are dropped from the prompt (they stay in the database)."""
-    used = count_tokens(system_prompt) + count_tokens(user_text) + 16
-    kept: list[dict] = []
-    for turn in reversed(history[-max_turns:]):
-        pair = [{"role": "user", "content": turn.user_text}]
-        if turn.reply_text:
-            pair.append({"role": "assistant", "content": turn.reply_text})
-        cost = sum(count_tokens(m["content"]) + 8 for m in pair)
-        if used + cost > budget_tokens:
-            break
-        used += cost
-        kept[:0] = pair
-    messages = [{"role": "system", "content": system_prompt}, *kept, {"role": "user", "content": user_text}]
-    # A turn cut off before any reply leaves two user messages in a row; chat templates want them
-    # alternating, so merge them.
-    merged: list[dict] = []
-    for message in messages:
-        if merged and merged[-1]["role"] == message["role"] == "user":
-            merged[-1] = {"role": "user", "content": merged[-1]["content"] + "\n" + message["content"]}
-        else:
-            merged.append(dict(message))
-    return merged

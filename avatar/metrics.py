@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from avatar.events import LATENCY_STAGES, ErrorRaised, Event, Interrupted, TurnEnded
+from avatar.events import LATENCY_STAGES, ErrorRaised, Event, Interrupted, Presence, TurnEnded, VisitEnded
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -204,6 +204,11 @@ class ServerMetrics:
                                              "the conversation database, by cause (full, locked, error); each "
                                              "is retried.", ["cause"]))
         self._store = None
+        # Kiosk visits: with kiosk.retention = "none" these counters are all that remains of a visit.
+        self.visits = r.add(Counter("avatar_kiosk_visits_total", "Kiosk visits that ended.", ["reason"]))
+        self.visit_seconds = r.add(Histogram("avatar_kiosk_visit_seconds", "Length of kiosk visits.", [],
+                                             buckets=(10, 30, 60, 120, 300, 600, 1800)))
+        self.arrivals = r.add(Counter("avatar_kiosk_arrivals_total", "Kiosk visitors who arrived.", ["source"]))
         r.add(Gauge("avatar_uptime_seconds", "Seconds since the server started.",
                     fn=lambda: round(time.time() - self.started, 1)))
         r.add(Gauge("process_resident_memory_bytes", "Resident memory of the server process.",
@@ -225,6 +230,11 @@ class ServerMetrics:
             self.interruptions.inc(reason=event.reason)
         elif isinstance(event, ErrorRaised):
             self.errors.inc(code=event.code)
+        elif isinstance(event, Presence) and event.present:
+            self.arrivals.inc(source=event.source)
+        elif isinstance(event, VisitEnded):
+            self.visits.inc(reason=event.reason)
+            self.visit_seconds.observe(event.duration_s)
 
     def watch_memory(self, store) -> None:
         """Read the memory store's writer state (avatar/memory.py) at each scrape."""

@@ -29,12 +29,15 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "video": ((bool,), False),
         "controls": ((bool,), False),
         "protocol": ((int,), False),
+        "kiosk": ((bool,), False),  # a kiosk page: presence, greetings, a new conversation per visit
     },
     "text": {"text": ((str,), True)},
     "interrupt": {},
     "playback": {"position": ((int, float), True)},
     "face": {"name": ((str,), True)},
     "ping": {},
+    # kiosk sessions only: a small base64 JPEG of the camera for presence detection, never stored
+    "camera_frame": {"jpeg": ((str,), True)},
 }
 MAX_ID_CHARS = 128
 

@@ -86,7 +86,7 @@ class AvatarServer:
             if refusal is not None:
                 return self._refuse(refusal)
             return self._response(http.HTTPStatus.OK, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
-        return self._static(path)
+        return self._static("/kiosk.html" if path == "/kiosk" else path)  # the kiosk page (docs/kiosk.md)
 
     def _check_handshake(self, connection: ServerConnection, request: Request,
                          refusal: Refusal | None) -> Refusal | None:
@@ -126,6 +126,9 @@ class AvatarServer:
             "sessions": len(self.sessions), "connections": self.addresses.total(),
             "max_sessions": services.config.limits.max_sessions, "uptime_s": round(time.time() - self.started, 1),
             "token_required": self.access.required,
+            # kiosk monitoring: kiosk pages connected now, and how many have a visitor in front of them
+            "kiosks": sum(1 for s in self.sessions if s.kiosk is not None),
+            "visitors": sum(1 for s in self.sessions if s.kiosk is not None and s.kiosk.state == "visit"),
         }
         if self.closing:
             health["closing"] = True
@@ -205,7 +208,8 @@ class AvatarServer:
                         continue
                     parsed = parse_text_message(message)
                     if session is None:
-                        session = self._open_session(timeline, bus, parsed.fields if parsed.type == "hello" else {})
+                        session = self._open_session(timeline, bus, parsed.fields if parsed.type == "hello" else {},
+                                                     ws=ws)
                         if parsed.type == "hello":
                             continue
                     if parsed.type == "text" and (hit := guard.on_text_turn()) is not None:
@@ -333,11 +337,30 @@ class AvatarServer:
             self.factory.switch_face(session, fields["name"])
         elif kind == "ping":
             bus.emit(Pong())
+        elif kind == "camera_frame":
+            if session.kiosk is None:
+                raise ProtocolError("'camera_frame' is for kiosk pages: send {\"type\": \"hello\", \"kiosk\": true} "
+                                    "as the connection's first message")
+            session.kiosk.camera_frame(fields)
         elif kind == "hello":
             raise ProtocolError("'hello' must be the first message of a connection")
 
-    def _open_session(self, timeline: MediaTimeline, bus: EventBus, hello: dict) -> Session:
+    def _open_session(self, timeline: MediaTimeline, bus: EventBus, hello: dict,
+                      ws: ServerConnection | None = None) -> Session:
         session = self.factory.open(timeline, hello, emit=bus.emit)
+        if hello.get("kiosk") and ws is not None:  # presence, greeting, one conversation per visit
+            from avatar.kiosk import KioskVisit
+
+            async def end_visit() -> None:
+                await timeline.drain(1.0)  # the visit_end event first
+                try:
+                    await asyncio.wait_for(ws.close(1000, "visit ended"), 3.0)
+                except (asyncio.TimeoutError, ConnectionClosed):
+                    pass
+
+            session.kiosk = KioskVisit(self.services, session, emit=bus.emit,
+                                       end_connection=lambda: asyncio.ensure_future(end_visit()))
+            bus.subscribe(session.kiosk.observe)
         self.sessions.add(session)
         self.metrics.sessions_opened.inc(resumed=str(session.resumed).lower())
         return session

@@ -120,7 +120,7 @@ class Services:
         cache that every new conversation starts with, and memory pools (onnxruntime's arena, CTranslate2's
         buffers, glibc's per-thread heaps) reach their working size now, so resident memory stays flat in
         service."""
-        from avatar.memory import build_prompt
+        from avatar.prompt import build_prompt
 
         t0 = time.monotonic()
         models, config = self.models, self.config

@@ -33,6 +33,8 @@ class Session:
         self.face = face  # avatar.media.FaceVideo, or None without video
         self.resumed = resumed
         self.closed = False
+        self.kiosk = None  # avatar.kiosk.KioskVisit when the client is a kiosk (hello "kiosk": true)
+        self.denoiser = None  # avatar.audio_denoise.Denoiser when audio.denoise is on
         self.turns = TurnRunner(services, conversation, emit=emit, timeline=timeline, face=face)
         self.listener = Listener(services, self, session_id=conversation.session_id)
         timeline.add_listener(self.turns)
@@ -55,6 +57,8 @@ class Session:
 
     # -- inputs -------------------------------------------------------------------------------------------
     def on_audio(self, samples: np.ndarray) -> None:
+        if self.denoiser is not None:  # noise suppression before VAD and ASR (audio.denoise)
+            samples = self.denoiser.process(samples)
         self.listener.on_audio(samples)
 
     def on_text(self, text: str) -> None:
@@ -67,6 +71,11 @@ class Session:
     def say(self, text: str, source: str) -> TurnState:
         """Answer ``text`` now, whatever its source ("text", "script", "comment", ...)."""
         return self.turns.start(text, source, t_ref=time.monotonic())
+
+    def say_line(self, line: str, source: str, *, cue: str, remember: bool = True) -> TurnState:
+        """Say a fixed ``line`` (a kiosk's greeting) without the LLM; ``cue`` stands for the user's side of
+        the turn in memory (e.g. "(a visitor walks up)"), so later replies know what was said."""
+        return self.turns.start(cue, source, t_ref=time.monotonic(), line=line, remember=remember)
 
     def interrupt(self, reason: str) -> None:
         self.turns.interrupt(reason)
@@ -112,4 +121,6 @@ class Session:
         self.closed = True
         self.listener.close()
         self.turns.close()
+        if self.kiosk is not None:
+            self.kiosk.close()  # after the turn in progress was stored: a kiosk may forget the whole visit
         self.services.forget_session(self.session_id)  # its queued transcriptions, syntheses and replies

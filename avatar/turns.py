@@ -23,7 +23,8 @@ from avatar.clauses import ClauseSplitter, heard_text
 from avatar.errors import AvatarError, StageError
 from avatar.events import (LATENCY_STAGES, ErrorRaised, Event, Interrupted, ReplyDelta, StateChanged, TurnEnded,
                            TurnStarted)
-from avatar.memory import Turn, build_prompt
+from avatar.memory import Turn
+from avatar.prompt import build_prompt
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class TurnState:
     marks: dict[str, float] = field(default_factory=dict)  # stage -> monotonic time of its first output
     task: asyncio.Task | None = None
     finished: bool = False
+    line: str | None = None  # a fixed line to say (a kiosk's greeting) instead of asking the LLM
+    remember: bool = True  # stored in memory (an attract line said to an empty room is not)
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, at if at is not None else time.monotonic())
@@ -69,6 +72,11 @@ def report_error(emit: Callable[[Event], None], exc: BaseException, *, where: st
         code, message = "stage_failed", f"{where} failed: {exc!r}. The conversation goes on; try again."
     log.warning("session %s: %s: %s", session_id[:8], where, message, exc_info=not isinstance(exc, AvatarError))
     emit(ErrorRaised(code, message))
+
+
+async def _said(line: str):
+    """A fixed line as if the LLM had written it in one piece."""
+    yield line
 
 
 class TurnRunner:
@@ -99,10 +107,12 @@ class TurnRunner:
         report_error(self.emit, exc, where=where, session_id=self.conversation.session_id)
 
     # -- turns ------------------------------------------------------------------------------------------
-    def start(self, text: str, source: str, *, t_ref: float, released: bool = True) -> TurnState:
+    def start(self, text: str, source: str, *, t_ref: float, released: bool = True, line: str | None = None,
+              remember: bool = True) -> TurnState:
+        """Answer ``text`` (or, with ``line``, say that line as the reply without asking the LLM)."""
         if self.turn is not None:
             self.interrupt("barge_in")
-        turn = TurnState(next(self._turn_ids), text, source, t_ref, released=released)
+        turn = TurnState(next(self._turn_ids), text, source, t_ref, released=released, line=line, remember=remember)
         self.turn = turn
         self._emit(turn, lambda: self.emit(TurnStarted(turn.turn_id, text, source)))
         self._emit(turn, lambda: self.set_state("thinking"))
@@ -138,18 +148,22 @@ class TurnRunner:
     async def _run(self, turn: TurnState) -> None:
         services = self.services
         try:
-            llm = services.models.llm
-            messages = build_prompt(
-                services.config.system_prompt, self.conversation.history, turn.user_text,
-                count_tokens=services.count_tokens,
-                budget_tokens=int(llm.context_tokens * services.config.memory.prompt_budget),
-                max_turns=services.config.memory.max_turns_in_prompt,
-            )
+            if turn.line is not None:
+                pieces = _said(turn.line)
+            else:
+                llm = services.models.llm
+                messages = build_prompt(
+                    services.config.system_prompt, self.conversation.history, turn.user_text,
+                    count_tokens=services.count_tokens,
+                    budget_tokens=int(llm.context_tokens * services.config.memory.prompt_budget),
+                    max_turns=services.config.memory.max_turns_in_prompt,
+                )
+                pieces = services.stream_chat(messages, turn.cancel, session=self.conversation.session_id)
             clauses: asyncio.Queue[str | None] = asyncio.Queue()
             speaker = asyncio.create_task(self._speak(turn, clauses))
             splitter = ClauseSplitter()
             try:
-                async for piece in services.stream_chat(messages, turn.cancel, session=self.conversation.session_id):
+                async for piece in pieces:
                     turn.mark("llm_first_token")
                     turn.reply += piece
                     self._emit(turn, lambda p=piece: self.emit(ReplyDelta(turn.turn_id, p)))
@@ -231,9 +245,10 @@ class TurnRunner:
             heard = turn.reply.strip()
         record = Turn(turn.user_text, heard, interrupted)
         conversation = self.conversation
-        conversation.history.append(record)
         try:  # queued for the memory writer thread: never waits for the disk
-            self.services.memory.add_turn(conversation.session_id, conversation.user_id, record, turn.reply)
+            if turn.remember:
+                conversation.history.append(record)
+                self.services.memory.add_turn(conversation.session_id, conversation.user_id, record, turn.reply)
         except Exception as exc:  # noqa: BLE001 - the reply was given; report that it was not saved
             if not self.closed:  # storage_full / storage_unavailable keep their codes
                 self.error(exc if isinstance(exc, AvatarError) else

@@ -58,8 +58,8 @@ class ServerProc:
 
 
 def start_server(data_dir: Path, overrides: dict | None = None, args: list[str] | None = None,
-                 timeout: float = 300) -> ServerProc:
-    port = free_port()
+                 timeout: float = 300, port: int | None = None) -> ServerProc:
+    port = port or free_port()
     cmd = [sys.executable, "-m", "avatar", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     for key, value in (overrides or {}).items():
         cmd += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
@@ -88,8 +88,9 @@ def server_factory(tmp_path):
     """``server_factory(overrides={"llm.model": "smollm2-135m"}, data_dir=None)`` -> ServerProc."""
     started: list[ServerProc] = []
 
-    def factory(overrides: dict | None = None, data_dir: Path | None = None, args: list[str] | None = None):
-        server = start_server(data_dir or tmp_path / "data", overrides, args)
+    def factory(overrides: dict | None = None, data_dir: Path | None = None, args: list[str] | None = None,
+                port: int | None = None):
+        server = start_server(data_dir or tmp_path / "data", overrides, args, port=port)
         started.append(server)
         return server
 

@@ -9,7 +9,8 @@ import pytest
 from avatar.clauses import ClauseSplitter, heard_text, speakable
 from avatar.config import load_config
 from avatar.errors import ConfigError, ProtocolError
-from avatar.memory import MemoryStore, Turn, build_prompt
+from avatar.memory import MemoryStore, Turn
+from avatar.prompt import build_prompt
 from avatar.protocol import KIND_AUDIO, media_frame, parse_audio_message, parse_media_frame, parse_text_message
 from avatar.config import EndpointerConfig
 from avatar.vad.base import Endpointer
@@ -115,7 +116,7 @@ def test_memory_persists_whole_turns(tmp_path):
     assert store.session_exists(sid) and store.session_user(sid) == "alice"
     history = store.history(session_id=sid)
     assert [t.user_text for t in history] == ["My name is Alice.", "Tell me a story."]
-    assert history[1].reply_text == "Once upon" and history[1].interrupted
+    assert history[1].heard_text == "Once upon" and history[1].interrupted
     other = store.create_session("bob")
     assert store.history(session_id=other, user_id="bob") == []
     assert len(store.history(session_id=other, user_id="alice")) == 2

@@ -41,7 +41,7 @@ async def test_text_turn_streams_reply_audio_and_is_remembered(make_session):
     assert latency["llm_first_token_ms"] is not None and latency["audio_out_ms"] >= latency["tts_first_audio_ms"]
     states = [e["state"] for e in wire.of("state")]
     assert states == ["listening", "thinking", "speaking", "listening"]
-    assert rt.memory.history(session_id=session.session_id)[0].reply_text == end["reply"]
+    assert rt.memory.history(session_id=session.session_id)[0].heard_text == end["reply"]
 
 
 async def test_voice_turn_is_answered_after_the_pause(make_session):
@@ -86,7 +86,7 @@ async def test_barge_in_stops_audio_and_keeps_only_what_was_heard(make_session):
     later = wire.audio[sent_before:]
     assert all(p < interrupt["position"] + 0.45 * 22050 for t, p, n in later if t == interrupt["turn_id"])
     stored = rt.memory.history(session_id=session.session_id)[0]
-    assert stored.interrupted and stored.reply_text == end["heard"]
+    assert stored.interrupted and stored.heard_text == end["heard"]
     assert llm.cancelled.is_set()
 
 
