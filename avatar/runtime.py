@@ -42,6 +42,7 @@ class Runtime:
     models: object  # avatar.models.Models: vad, asr, llm, tts
     memory: MemoryStore
     faces: object | None = None  # avatar.face.FaceLibrary when video is on
+    knowledge: object | None = None  # avatar.knowledge.Knowledge when knowledge.path is set
 
     def __post_init__(self) -> None:
         sessions = max(2, self.config.limits.max_sessions)
@@ -89,7 +90,14 @@ class Runtime:
             faces = FaceLibrary([REPO_ROOT / "faces", config.data_path / "faces"], size=config.video.size,
                                 progress=progress)
             progress(f"faces: {', '.join(faces.names) or '(none)'}")
-        runtime = cls(config, models, memory, faces)
+        knowledge = None
+        if config.knowledge.path:
+            from avatar.knowledge import Knowledge
+
+            knowledge = Knowledge.open(config, count_tokens=models.llm.count_tokens, progress=progress)
+        runtime = cls(config, models, memory, faces, knowledge)
+        if knowledge is not None:
+            knowledge.count_tokens = runtime.count_tokens  # the runtime's cached count, shared with the prompt
         if config.server.warm_up:
             runtime.warm_up(progress)
         if injected:
@@ -132,7 +140,8 @@ class Runtime:
             for f in [self.render_pool.submit(lambda: [animator.jpeg_at(p) for p in frames])
                       for _ in range(RENDER_THREADS)]:
                 f.result()
-        messages = build_prompt(config.system_prompt, [], "Hello!", count_tokens=models.llm.count_tokens,
+        system = config.system_prompt if self.knowledge is None else self.knowledge.system_prompt(config.system_prompt)
+        messages = build_prompt(system, [], "Hello!", count_tokens=models.llm.count_tokens,
                                 budget_tokens=models.llm.context_tokens, max_turns=0)
         try:
             for _ in models.llm.stream_chat(messages, max_tokens=1, temperature=0.0, cancel=threading.Event()):
@@ -148,6 +157,8 @@ class Runtime:
             release_hangs()
         for pool in (self.asr_pool, self.llm_pool, self.tts_pool, self.render_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.knowledge is not None:
+            self.knowledge.close()
         self.memory.close()
 
     # -- model calls, off the event loop --------------------------------------------------------------

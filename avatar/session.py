@@ -86,6 +86,7 @@ class TurnState:
     marks: dict[str, float] = field(default_factory=dict)  # stage -> monotonic time of its first output
     task: asyncio.Task | None = None
     finished: bool = False
+    sources: list[str] = field(default_factory=list)  # knowledge files the reply could draw on
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, at if at is not None else time.monotonic())
@@ -307,27 +308,45 @@ class Session:
     async def _run_turn(self, turn: TurnState) -> None:
         rt = self.rt
         try:
+            # Knowledge (issue 13): retrieve before the prompt is built; None when knowledge.path is "".
+            grounding = rt.knowledge.ground(turn.user_text, self.history) if rt.knowledge is not None else None
+            turn.sources = grounding.sources if grounding is not None else []
             messages = build_prompt(
                 rt.config.system_prompt, self.history, turn.user_text,
                 count_tokens=rt.count_tokens,
-                budget_tokens=int(rt.models.llm.context_tokens * rt.config.memory.prompt_budget),
+                budget_tokens=int(rt.models.llm.context_tokens * rt.config.memory.prompt_budget)
+                - (grounding.tokens if grounding is not None else 0),
                 max_turns=rt.config.memory.max_turns_in_prompt,
             )
+            if grounding is not None:
+                messages = grounding.apply(messages)
             clauses: asyncio.Queue[str | None] = asyncio.Queue()
             speaker = asyncio.create_task(self._speak(turn, clauses))
             splitter = ClauseSplitter()
+
+            def say(clause: str) -> None:
+                if grounding is not None:
+                    # Checked before it is spoken, shown or remembered; the text streams clause by clause.
+                    clause = grounding.check(clause)
+                    if not clause:
+                        return
+                    turn.reply += clause + " "
+                    self._emit(turn, lambda c=clause: self.out.send_json(
+                        {"type": "reply_delta", "turn_id": turn.turn_id, "text": c + " "}))
+                turn.mark("first_clause")
+                clauses.put_nowait(clause)
+
             try:
                 async for piece in rt.stream_chat(messages, turn.cancel):
                     turn.mark("llm_first_token")
-                    turn.reply += piece
-                    self._emit(turn, lambda p=piece: self.out.send_json(
-                        {"type": "reply_delta", "turn_id": turn.turn_id, "text": p}))
+                    if grounding is None:
+                        turn.reply += piece
+                        self._emit(turn, lambda p=piece: self.out.send_json(
+                            {"type": "reply_delta", "turn_id": turn.turn_id, "text": p}))
                     for clause in splitter.push(piece):
-                        turn.mark("first_clause")
-                        clauses.put_nowait(clause)
+                        say(clause)
                 for clause in splitter.flush():
-                    turn.mark("first_clause")
-                    clauses.put_nowait(clause)
+                    say(clause)
             finally:
                 clauses.put_nowait(None)
             await speaker
@@ -411,7 +430,8 @@ class Session:
         self.out.send_json({"type": "latency", "turn_id": turn.turn_id, "source": turn.source,
                             **{f"{name}_ms": turn.latency_ms(name) for name in names}})
         self.out.send_json({"type": "turn_end", "turn_id": turn.turn_id, "reply": turn.reply.strip(),
-                            "heard": heard, "interrupted": interrupted, "audio_samples": audio_samples})
+                            "heard": heard, "interrupted": interrupted, "audio_samples": audio_samples,
+                            "sources": turn.sources})
         if self.turn is turn:
             self.turn = None
         self.set_state("listening")
