@@ -66,16 +66,21 @@ class ASRConfig:
 
 @dataclass
 class LLMConfig:
-    backend: str = "llama-cpp"  # "llama-cpp" | "transformers" | "openai"
-    model: str = "qwen2.5-0.5b"  # "qwen2.5-0.5b" | "smollm2-135m" | a GGUF / HF directory / remote name
+    backend: str = "xllamacpp"  # "xllamacpp" | "transformers" | "openai" ("llama-cpp": old name of xllamacpp)
+    # "auto" (a tier chosen from the machine, see avatar.tiers) | "qwen2.5-0.5b" | "qwen2.5-1.5b" |
+    # "smollm2-135m" | a GGUF / HF directory / remote name
+    model: str = "auto"
     url: str = ""  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
     api_key: str = ""
-    device: str = "cpu"  # transformers: "cuda" | "cpu"
+    device: str = "cpu"  # "cpu" | "cuda" | "auto" (xllamacpp needs its CUDA wheel for "cuda")
+    gpu_layers: int = 999  # xllamacpp on a GPU: layers offloaded (999: all)
     # Generation threads. One: while the LLM writes the rest of a reply, TTS speaks the first clause and
     # the face renders; on 2 cores a second LLM thread slows them more than it speeds the LLM.
     n_threads: int = 1
     n_threads_batch: int = 2  # prompt evaluation, when nothing else is running
-    context_tokens: int = 4096
+    context_tokens: int = 4096  # per conversation
+    # xllamacpp: conversations that generate at once, each with its own prompt cache; more sessions queue.
+    slots: int = 4
     max_tokens: int = 160
     temperature: float = 0.6
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from avatar.asr.base import ASRModel
+import dataclasses
+import logging
+
 from avatar.config import ASRConfig, Config, LLMConfig, PersonaConfig, TTSConfig
 from avatar.errors import ConfigError
 from avatar.llm.base import ChatLLM
@@ -14,7 +17,11 @@ from avatar.tts.base import TTSModel
 from avatar.vad.base import VADModel
 
 ASR_BACKENDS = ("faster-whisper",)
-LLM_BACKENDS = ("llama-cpp", "transformers", "openai")
+LLM_BACKENDS = ("xllamacpp", "transformers", "openai")
+# Old names still accepted in configs, with a warning: llama-cpp-python left the install (its native build
+# crashes on AMX CPUs); the same GGUF models run on xllamacpp.
+LLM_ALIASES = {"llama-cpp": "xllamacpp"}
+log = logging.getLogger(__name__)
 TTS_BACKENDS = ("piper",)
 
 
@@ -44,12 +51,29 @@ def load_asr(cfg: ASRConfig) -> ASRModel:
     return FasterWhisperASR(cfg)
 
 
-def load_llm(cfg: LLMConfig) -> ChatLLM:
+def resolve_llm(cfg: LLMConfig, progress: Callable[[str], None] = lambda line: None) -> LLMConfig:
+    """``cfg`` with an old backend name replaced and ``model = "auto"`` turned into a tier for this machine."""
+    if cfg.backend in LLM_ALIASES:
+        new = LLM_ALIASES[cfg.backend]
+        log.warning("llm.backend '%s' is deprecated; using '%s' (set llm.backend = \"%s\")", cfg.backend, new, new)
+        progress(f"WARNING: llm.backend '{cfg.backend}' is deprecated; using '{new}'")
+        cfg = dataclasses.replace(cfg, backend=new)
     _check("llm", cfg.backend, LLM_BACKENDS)
-    if cfg.backend == "llama-cpp":
-        from avatar.llm.llama_cpp import LlamaCppLLM
+    if cfg.model == "auto" and cfg.backend != "openai":
+        from avatar.tiers import pick_llm_tier
 
-        return LlamaCppLLM(cfg)
+        model, reason = pick_llm_tier(device=cfg.device)
+        progress(f"LLM tier: {model} ({reason}; set llm.model to choose another)")
+        cfg = dataclasses.replace(cfg, model=model)
+    return cfg
+
+
+def load_llm(cfg: LLMConfig) -> ChatLLM:
+    cfg = resolve_llm(cfg)
+    if cfg.backend == "xllamacpp":
+        from avatar.llm.xllamacpp_backend import XLlamaCppLLM
+
+        return XLlamaCppLLM(cfg)
     if cfg.backend == "transformers":
         from avatar.llm.transformers_backend import TransformersLLM
 
@@ -71,7 +95,7 @@ def _describe_llm(cfg: LLMConfig) -> str:
         return f"{cfg.model} at {cfg.url}"
     if cfg.backend == "transformers":
         return f"{cfg.model} ({cfg.device})"
-    return f"{cfg.model} ({cfg.n_threads} threads)"
+    return f"{cfg.model} ({cfg.device}, {cfg.n_threads} threads, {cfg.slots} slots)"
 
 
 def load_models(config: Config, *, progress: Callable[[str], None] = lambda line: None) -> Models:
@@ -81,10 +105,10 @@ def load_models(config: Config, *, progress: Callable[[str], None] = lambda line
         progress(f"loading {what}... {time.perf_counter() - started:.1f} s")
         return model
 
-    a, l, t = config.asr, config.llm, config.tts
+    a, t = config.asr, config.tts
     # Check every backend name first, so a typo fails before minutes of loading.
     _check("asr", a.backend, ASR_BACKENDS)
-    _check("llm", l.backend, LLM_BACKENDS)
+    l = resolve_llm(config.llm, progress)
     _check("tts", t.backend, TTS_BACKENDS)
     return Models(
         vad=timed("VAD silero", load_vad),

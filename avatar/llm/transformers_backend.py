@@ -13,7 +13,7 @@ from typing import Iterator
 
 from avatar.config import LLMConfig
 from avatar.errors import ConfigError, ModelMissingError, StageError
-from avatar.llm.llama_cpp import acquire_unless_cancelled, plain_messages
+from avatar.llm.base import acquire_unless_cancelled, plain_messages
 from avatar.weights import LLM_PRESETS, llm_gguf
 
 INSTALL = "pip install torch==2.13.0 transformers==5.17.0 accelerate==1.15.0 gguf==0.19.0"

@@ -1,0 +1,112 @@
+"""The default LLM backend, xllamacpp, with its real default model: batching, a prompt cache per
+conversation, the model tiers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from avatar.config import LLMConfig
+from avatar.errors import ConfigError, ModelMissingError, StageError
+from avatar.models import load_llm, resolve_llm
+from avatar.tiers import pick_llm_tier
+
+SYSTEM = {"role": "system", "content": "You are Sam. Answer in one short sentence."}
+QUESTIONS = ["Hi, I am Ada.", "What is two plus two?", "Name a colour.", "Name a fruit.", "Name an animal.",
+             "What is the capital of Italy?", "Name a planet.", "Say a number.", "Name a tree.", "Thanks, bye!"]
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    # The real default model and backend; two slots so that two conversations can keep their caches.
+    return load_llm(LLMConfig(model="qwen2.5-0.5b", n_threads=2, context_tokens=2048, slots=2))
+
+
+def test_default_backend_is_xllamacpp_and_old_name_still_works():
+    assert LLMConfig().backend == "xllamacpp"
+    assert resolve_llm(LLMConfig(backend="llama-cpp", model="qwen2.5-0.5b")).backend == "xllamacpp"
+    with pytest.raises(ConfigError, match="valid: xllamacpp, transformers, openai"):
+        resolve_llm(LLMConfig(backend="llamacpp"))
+
+
+def test_a_conversation_evaluates_only_its_new_tokens_each_turn(qwen):
+    """Ten turns: from the second on, the slot still holds the history, so llama.cpp evaluates only what
+    the new turn adds (its timings say how many prompt tokens it evaluated and how many came from cache)."""
+    messages, evaluated, cached = [SYSTEM], [], []
+    for question in QUESTIONS:
+        messages.append({"role": "user", "content": question})
+        reply = "".join(qwen.stream_chat(messages, max_tokens=24, temperature=0.0, conversation="ada"))
+        assert reply.strip(), question
+        messages.append({"role": "assistant", "content": reply})
+        timings = qwen.last_timings["ada"]
+        evaluated.append(timings["prompt_n"])
+        cached.append(timings["cache_n"])
+    # Turn 10 re-reads none of the nine turns before it: it evaluates about as much as turn 2 did
+    # (the new question plus the previous reply), while the cached part grew with the history.
+    assert cached[9] > cached[1] > 0
+    assert evaluated[9] <= 1.5 * evaluated[1] + 8, evaluated
+    assert evaluated[9] < cached[9] / 3, (evaluated, cached)
+
+
+def test_two_conversations_generate_at_once(qwen):
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def talk(name: str) -> None:
+        prompt = [SYSTEM, {"role": "user", "content": f"Count slowly from one to twenty, {name}."}]
+        for _ in qwen.stream_chat(prompt, max_tokens=40, temperature=0.0, conversation=name):
+            with lock:
+                order.append(name)
+
+    threads = [threading.Thread(target=talk, args=(n,)) for n in ("left", "right")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    # Batched: both streams advance together instead of one after the other.
+    switches = sum(1 for a, b in zip(order, order[1:]) if a != b)
+    assert order.count("left") > 5 and order.count("right") > 5
+    assert switches >= 4, order
+
+
+def test_forgotten_conversation_frees_its_slot_and_timings(qwen):
+    list(qwen.stream_chat([SYSTEM, {"role": "user", "content": "Hello"}], max_tokens=4, conversation="gone"))
+    assert "gone" in qwen.last_timings
+    qwen.forget("gone")
+    assert "gone" not in qwen.last_timings
+    assert all(qwen._slots.owner(i) != "gone" for i in range(len(qwen._slots)))
+
+
+def test_prompt_too_long_is_a_clear_error(qwen):
+    with pytest.raises(StageError, match="exceeds the available context size"):
+        list(qwen.stream_chat([{"role": "user", "content": "word " * 3000}], max_tokens=4))
+    assert "".join(qwen.stream_chat([SYSTEM, {"role": "user", "content": "Say yes."}], max_tokens=4)).strip()
+
+
+def test_tiers_follow_the_machine():
+    assert pick_llm_tier(cores=2, gpu=False, large_installed=True)[0] == "qwen2.5-0.5b"
+    assert pick_llm_tier(cores=16, gpu=False, large_installed=True)[0] == "qwen2.5-1.5b"
+    assert pick_llm_tier(cores=2, gpu=True, large_installed=True)[0] == "qwen2.5-1.5b"
+    model, why = pick_llm_tier(cores=16, gpu=True, large_installed=False)
+    assert model == "qwen2.5-0.5b" and "pip install 'avatar[llm-large]'" in why
+    lines: list[str] = []
+    chosen = resolve_llm(LLMConfig(model="auto"), lines.append)
+    assert chosen.model in ("qwen2.5-0.5b", "qwen2.5-1.5b") and lines and lines[0].startswith("LLM tier: ")
+    assert resolve_llm(LLMConfig(model="smollm2-135m")).model == "smollm2-135m"  # an explicit choice wins
+
+
+def test_missing_large_tier_names_the_install(monkeypatch):
+    from avatar import weights
+
+    monkeypatch.setattr(weights, "installed", lambda parts: False)
+    with pytest.raises(ModelMissingError, match=r"llm-large"):
+        weights.llm_gguf("qwen2.5-1.5b")
+
+
+def test_cuda_without_a_gpu_build_says_what_to_install(monkeypatch):
+    import avatar.llm.xllamacpp_backend as backend
+
+    monkeypatch.setattr(backend, "gpu_present", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA build"):
+        load_llm(LLMConfig(model="smollm2-135m", device="cuda"))

@@ -1,0 +1,158 @@
+"""Fair turns between sessions (avatar.scheduling) and the language model's slot table (avatar.llm.slots)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from avatar.llm.slots import SlotTable
+from avatar.scheduling import FairQueue, SessionGone
+
+
+async def _settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def _run_jobs(queue: FairQueue, jobs: list[tuple[str, str]], *, hold: asyncio.Event) -> list[tuple[str, str]]:
+    """Queue ``jobs`` (session, kind) behind a job that holds the only turn; return the order they ran in."""
+    order: list[tuple[str, str]] = []
+
+    async def job(session, kind):
+        async with queue.turn(session, kind):
+            order.append((session, kind))
+
+    async def holder():
+        async with queue.turn("holder", queue.kinds[0]):
+            await hold.wait()
+
+    first = asyncio.create_task(holder())
+    await _settle()
+    tasks = [asyncio.create_task(job(s, k)) for s, k in jobs]
+    await _settle()
+    hold.set()
+    await asyncio.gather(first, *tasks)
+    return order
+
+
+async def test_urgent_kinds_go_first():
+    queue = FairQueue(1, ("final", "speculative", "partial"))
+    order = await _run_jobs(queue, [("a", "partial"), ("b", "speculative"), ("c", "final")], hold=asyncio.Event())
+    assert order == [("c", "final"), ("b", "speculative"), ("a", "partial")]
+
+
+async def test_sessions_take_turns_so_a_backlog_does_not_starve_others():
+    queue = FairQueue(1, ("final",))
+    jobs = [("noisy", "final")] * 6 + [("polite", "final")]
+    order = await _run_jobs(queue, jobs, hold=asyncio.Event())
+    assert [s for s, _ in order].index("polite") == 1  # right after the noisy session's first job
+    assert queue.running == 0 and queue.queued == 0
+
+
+async def test_forget_drops_waiting_jobs_and_cancel_leaves_the_queue():
+    queue = FairQueue(1, ("final",))
+    hold = asyncio.Event()
+
+    async def holder():
+        async with queue.turn("holder"):
+            await hold.wait()
+
+    async def job(session):
+        async with queue.turn(session):
+            return session
+
+    first = asyncio.create_task(holder())
+    await _settle()
+    gone = [asyncio.create_task(job("gone")) for _ in range(3)]
+    dropped = asyncio.create_task(job("speculation"))
+    kept = asyncio.create_task(job("kept"))
+    await _settle()
+    assert queue.queued == 5
+    assert queue.forget("gone") == 3
+    dropped.cancel()
+    await _settle()
+    assert queue.queued == 1 and queue.queued_for("kept") == 1
+    hold.set()
+    assert await kept == "kept"
+    await first
+    for task in gone:
+        with pytest.raises(SessionGone):
+            await task
+    assert dropped.cancelled() and queue.running == 0 and queue.queued == 0
+
+
+async def test_capacity_bounds_concurrent_turns():
+    queue = FairQueue(2)
+    inside, peak = 0, 0
+
+    async def job(i):
+        nonlocal inside, peak
+        async with queue.turn(f"s{i % 3}"):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.01)
+            inside -= 1
+
+    await asyncio.gather(*(job(i) for i in range(9)))
+    assert peak == 2 and queue.running == 0
+
+
+async def test_promote_moves_a_speculation_ahead():
+    queue = FairQueue(1, ("final", "speculative"))
+    hold = asyncio.Event()
+    order = []
+
+    async def holder():
+        async with queue.turn("holder"):
+            await hold.wait()
+
+    async def job(session, kind):
+        async with queue.turn(session, kind):
+            order.append(session)
+
+    first = asyncio.create_task(holder())
+    await _settle()
+    tasks = [asyncio.create_task(job("other", "speculative")), asyncio.create_task(job("me", "speculative"))]
+    await _settle()
+    queue.promote("me", "speculative", "final")
+    hold.set()
+    await asyncio.gather(first, *tasks)
+    assert order == ["me", "other"]
+
+
+def test_slot_table_keeps_a_conversation_on_its_slot():
+    table = SlotTable(2)
+    a, _ = table.acquire("a")
+    b, _ = table.acquire("b")
+    assert a != b
+    table.release(a)
+    table.release(b)
+    assert table.acquire("a")[0] == a and table.acquire("b")[0] == b
+    table.release(a)
+    table.release(b)
+    table.forget("a")
+    assert table.acquire("c")[0] == a  # the ended conversation's slot goes first
+    assert table.owner(a) == "c"
+
+
+def test_slot_table_waits_in_order_and_gives_up_on_cancel():
+    table = SlotTable(1)
+    slot, _ = table.acquire("a")
+    cancel = threading.Event()
+    results = {}
+
+    def wait(name, event=None):
+        results[name] = table.acquire(name, event)
+
+    waiter = threading.Thread(target=wait, args=("b",))
+    cancelled = threading.Thread(target=wait, args=("c", cancel))
+    waiter.start()
+    cancelled.start()
+    cancel.set()
+    cancelled.join(5)
+    assert results["c"] is None and table.waiting == 1
+    table.release(slot)
+    waiter.join(5)
+    assert results["b"][0] == slot and results["b"][1] > 0
