@@ -104,10 +104,10 @@ class Runtime:
         if config.knowledge.path:
             from avatar.knowledge import Knowledge
 
-            knowledge = Knowledge.open(config, count_tokens=models.llm.count_tokens, progress=progress)
+            # Passages are sized with a tokenizer-free estimate: ground() runs on the event loop, and the
+            # xllamacpp tokenizer is a 3 ms localhost round trip per text (BENCHMARKS.md: estimate vs count).
+            knowledge = Knowledge.open(config, progress=progress)
         runtime = cls(config, models, memory, faces, knowledge)
-        if knowledge is not None:
-            knowledge.count_tokens = runtime.count_tokens  # the runtime's cached count, shared with the prompt
         if config.server.warm_up:
             runtime.warm_up(progress)
         if injected:

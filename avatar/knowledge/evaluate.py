@@ -34,6 +34,15 @@ def checked_reply(pieces, grounding) -> tuple[str, str]:
     return raw.strip(), " ".join(c for c in spoken if c)
 
 
+def first_token(llm, messages: list[dict], conversation: str) -> tuple[float | None, dict]:
+    """Milliseconds to the first token of ``messages`` (generation stops there), and the backend's timings."""
+    t0, first = time.perf_counter(), None
+    for _ in llm.stream_chat(messages, max_tokens=1, temperature=0.0, cancel=threading.Event(),
+                             conversation=conversation):
+        first = first or round((time.perf_counter() - t0) * 1000, 1)  # read on: the timings come last
+    return first, getattr(llm, "last_timings", {}).get(conversation, {})
+
+
 def invented(reply: str, allowed: Support) -> list[str]:
     return [s.text for s in specifics(reply) if not allowed.supports(s)]
 
@@ -57,21 +66,32 @@ def run_eval(config, llm, folder: Path, questions: dict, *, temperature: float, 
             config.system_prompt, [], q, count_tokens=llm.count_tokens,
             budget_tokens=int(llm.context_tokens * config.memory.prompt_budget) - grounding.tokens,
             max_turns=0))
-        t1 = time.perf_counter()
+        # The same question without the knowledge base, to the first token only: what grounding adds to
+        # the time before the reply starts. Each kind keeps its own conversation, so that (as in a
+        # session) the system prompt is cached and only the new user message is evaluated.
+        plain = build_prompt(config.system_prompt, [], q, count_tokens=llm.count_tokens,
+                             budget_tokens=llm.context_tokens, max_turns=0)
+        plain_first, plain_timing = first_token(llm, plain, "kb-eval-plain")
         first: list[float] = []
 
         def stream():
+            t1 = time.perf_counter()
             for piece in llm.stream_chat(messages, max_tokens=max_tokens, temperature=temperature,
-                                         cancel=threading.Event()):
+                                         cancel=threading.Event(), conversation="kb-eval-grounded"):
                 if not first:
                     first.append((time.perf_counter() - t1) * 1000)
                 yield piece
 
         raw, spoken = checked_reply(stream(), grounding)
+        timing = getattr(llm, "last_timings", {}).get("kb-eval-grounded", {})
         record = {"kind": kind, "q": q, "raw": raw, "spoken": spoken, "sources": grounding.sources,
                   "flagged": [s.text for s in grounding.flagged], "replaced": grounding.replaced,
                   "ground_ms": round(ground_ms, 2), "first_token_ms": round(first[0], 1) if first else None,
-                  "prompt_tokens": sum(llm.count_tokens(m["content"]) for m in messages)}
+                  "plain_first_token_ms": plain_first,
+                  "prompt_evaluated": timing.get("prompt_n"), "plain_prompt_evaluated": plain_timing.get("prompt_n"),
+                  "prompt_ms": timing.get("prompt_ms"), "plain_prompt_ms": plain_timing.get("prompt_ms"),
+                  "facts_tokens_estimated": grounding.tokens,
+                  "facts_tokens_counted": sum(llm.count_tokens(p.render()) + 2 for p in grounding.passages)}
         if kind == "known":
             pattern = re.compile(item["expect"], re.IGNORECASE)
             record.update(ok=bool(pattern.search(spoken)), raw_ok=bool(pattern.search(raw)),
@@ -114,9 +134,20 @@ def summarize(records: list[dict]) -> dict:
         if unknown else None,
         "smalltalk_ok": share(small, "ok"),
         "ground_ms_p50": round(statistics.median(r["ground_ms"] for r in records), 2) if records else None,
-        "first_token_ms_p50": round(statistics.median(r["first_token_ms"] for r in records
-                                                      if r["first_token_ms"] is not None), 1) if records else None,
+        "first_token_ms_p50": _median(records, "first_token_ms"),
+        "plain_first_token_ms_p50": _median(records, "plain_first_token_ms"),
+        "prompt_evaluated_p50": _median(records, "prompt_evaluated"),
+        "plain_prompt_evaluated_p50": _median(records, "plain_prompt_evaluated"),
+        "prompt_ms_p50": _median(records, "prompt_ms"),
+        "plain_prompt_ms_p50": _median(records, "plain_prompt_ms"),
+        "facts_tokens_estimated_p50": _median(records, "facts_tokens_estimated"),
+        "facts_tokens_counted_p50": _median(records, "facts_tokens_counted"),
     }
+
+
+def _median(records: list[dict], key: str) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return round(statistics.median(values), 1) if values else None
 
 
 # -- retrieval speed on a large folder -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Callable
 
 from avatar.knowledge.index import Passage
 from avatar.knowledge.specifics import Specific, Support, names, specifics
-from avatar.knowledge.terms import query_terms
+from avatar.knowledge.terms import ANSWER_WORDS, query_terms
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
@@ -54,7 +54,9 @@ class Grounding:
     passages: list[Passage]
     fallback: str  # what replaces a clause with unsupported specifics
     support: Support | None = None  # None: the check is off
-    unknown_entities: list[str] = field(default_factory=list)  # names in the question the documents lack
+    # Words of the question that no document contains: the question is about something the documents do
+    # not cover, so any number in the reply (a price for a product they never name) is not from them.
+    topic_gaps: list[str] = field(default_factory=list)
     tokens: int = 0  # prompt tokens the passages take
     flagged: list[Specific] = field(default_factory=list)  # what the check found unsupported
     replaced: bool = False
@@ -77,7 +79,7 @@ class Grounding:
         out = [dict(m) for m in messages]
         if out and out[0]["role"] == "system" and self.instruction and self.instruction not in out[0]["content"]:
             out[0]["content"] = f"{out[0]['content']}\n\n{self.instruction}"
-        if not self.passages and not self.unknown_entities and not query_terms(self.user_text):
+        if not self.passages and not self.topic_gaps and not query_terms(self.user_text):
             return out
         for message in reversed(out):
             if message["role"] == "user":
@@ -94,7 +96,7 @@ class Grounding:
         if self.replaced:
             return ""
         bad = self.support.unsupported(clause)
-        if self.unknown_entities:  # a question about something the documents never mention
+        if self.topic_gaps:  # a question about something the documents never mention
             bad += [s for s in specifics(clause) if s.kind == "number" and s not in bad]
         if not bad:
             return clause
@@ -131,6 +133,15 @@ def make_grounding(index, user_text: str, *, history=(), top_k: int, budget_toke
         facts = "\n".join([*(p.render() for p in chosen), earlier, phone])
         said = f"{user_text} {last.user_text if last is not None else ''} {persona_text}"
         grounding.support = Support(facts, names_from=said)
-        grounding.unknown_entities = [w for spec in names(user_text) for w in spec.text.split()
-                                      if not index.knows(w)]
+        grounding.topic_gaps = topic_gaps(index, user_text)
     return grounding
+
+
+def topic_gaps(index, user_text: str) -> list[str]:
+    """The question's topic words that no document contains: names ("the Thunder X") and other words
+    ("a bike chain") except those that only say what kind of answer is wanted (ANSWER_WORDS). Chinese is
+    left out: its bigrams include pairs that span two words ("车一" in 租一辆自行车一天) and are in no
+    document, whatever the question."""
+    words = [t for t in query_terms(user_text) if not _CJK.search(t) and not t.isdigit()]
+    words += [w.lower() for spec in names(user_text) for w in spec.text.split()]
+    return [w for w in dict.fromkeys(words) if w not in ANSWER_WORDS and len(w) > 1 and not index.knows(w)]

@@ -31,6 +31,18 @@ more most very really get got let hi hello hey thanks thank yes no not ok okay
 """.split())
 
 
+# Words that say what kind of answer a question wants, not what it is about ("the *price* of a helmet",
+# "do I need to *bring*"): a question about something the documents never mention is recognised by its
+# other words (see grounding.topic_gaps).
+ANSWER_WORDS = frozenset("""
+number numbers name names price prices cost costs charge charges fee fees pay paid much many time times date
+dates day days long often big old new need needs bring get buy bought purchase something anything thing things
+kind type way right now today currently exactly usually still ever else other another someone somebody anyone
+person people place go come find give take make use used available possible allowed able good best usual ask
+question tell say call help
+""".split())
+
+
 def bigrams(run: str) -> list[str]:
     """Overlapping character pairs of a Chinese run; a single character stays as it is."""
     return [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
