@@ -25,7 +25,7 @@ from tests.test_session import Wire, wait_for
 
 SHOP = Path(__file__).resolve().parent / "data" / "kb" / "shop"
 PHONE = "555-0142"
-DONT_KNOW = re.compile(r"don't|do not|not sure|no information|sorry|unable|can't|cannot|不清楚|不知道", re.I)
+DONT_KNOW = re.compile(r"don't|do not|not sure|no information|sorry|unable|can't|cannot|抱歉|无法|不清楚|不知道", re.I)
 
 
 class SpyTTS:
