@@ -349,3 +349,50 @@ def test_kb_commands(shop, tmp_path):
     assert "opening-hours.md" in done.stdout
     done = run_cli("search", "hours", data_dir=data)
     assert done.returncode == 1 and "give --folder DIR" in done.stderr
+
+
+class ScriptedLLM:
+    """Answers each question with a scripted reply, as a stream of words."""
+
+    context_tokens = 4096
+
+    def __init__(self, replies: dict[str, str]):
+        self.replies = replies
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def stream_chat(self, messages, *, max_tokens=256, temperature=0.7, cancel=None, conversation=None):
+        question = messages[-1]["content"].split("Question: ")[-1]
+        for word in self.replies[question].split(" "):
+            yield word + " "
+
+
+def test_eval_scores_answers_inventions_and_the_check(tmp_path):
+    from avatar.knowledge.evaluate import run_eval
+
+    questions = {"business": "Bluebell Bikes",
+                 "known": [{"q": "How much is a basic tune-up?", "expect": "(?<!\\d)45(?!\\d)", "source": "services.csv"},
+                           {"q": "When do you close on Saturday?", "expect": "(?<!\\d)4(?!\\d)|16",
+                            "source": "opening-hours.md"}],
+                 "unknown": [{"q": "How much is a bike helmet?"}],
+                 "smalltalk": [{"q": "Hello!"}]}
+    llm = ScriptedLLM({"How much is a basic tune-up?": "A basic tune-up costs $45.",
+                       "When do you close on Saturday?": "We close at 5 pm on Saturdays.",  # wrong and unsupported
+                       "How much is a bike helmet?": "A helmet costs $35.",
+                       "Hello!": "Hi there! How can I help?"})
+    config = load_config(None, {"server": {"data_dir": str(tmp_path)}})
+    result = run_eval(config, llm, SHOP, questions, temperature=0.0, max_tokens=60, progress=lambda line: None)
+    s = result["summary"]
+    assert (s["accuracy_known"], s["accuracy_known_raw"], s["retrieval_hit"]) == (0.5, 0.5, 1.0)
+    assert (s["no_invented_unknown"], s["no_invented_unknown_raw"]) == (1.0, 0.0)
+    assert s["smalltalk_ok"] == 1.0 and s["check_removed_right_answers"] == 0
+    helmet = next(r for r in result["records"] if r["kind"] == "unknown")
+    assert helmet["raw_invented"] == ["35"] and helmet["spoken"].startswith("I'm sorry")
+
+
+def test_kb_bench_runs_on_a_small_folder(tmp_path):
+    done = run_cli("bench", "--docs", "30", "--queries", "10", data_dir=tmp_path)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["documents"] == 30 and result["queries"] == 10
+    assert result["search_ms_p95"] >= result["search_ms_p50"] > 0

@@ -54,7 +54,7 @@ def _config(args):
     from avatar.cli import _load_config
 
     config = _load_config(args)
-    if args.folder:
+    if getattr(args, "folder", None):
         config.knowledge.path = str(args.folder)
     return config
 
