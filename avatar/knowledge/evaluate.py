@@ -109,9 +109,41 @@ def run_eval(config, llm, folder: Path, questions: dict, *, temperature: float, 
     try:
         for kind in ("known", "unknown", "smalltalk"):
             records += [ask(kind, item) for item in questions.get(kind, [])]
+        dialogue = dialogue_cost(config, llm, knowledge, [item["q"] for item in questions.get("known", [])[:5]],
+                                 temperature=temperature, max_tokens=max_tokens)
     finally:
         knowledge.close()
-    return {"summary": summarize(records), "records": records}
+    summary = summarize(records)
+    summary["dialogue_prompt_evaluated"] = dialogue
+    return {"summary": summary, "records": records}
+
+
+def dialogue_cost(config, llm, knowledge, questions: list[str], *, temperature: float, max_tokens: int) -> dict:
+    """Prompt tokens the model evaluates per turn in one conversation of ``questions``, with and without the
+    knowledge base. The backend keeps each conversation's prompt cached, so a plain turn evaluates only
+    its new messages; a grounded turn also evaluates its facts, and the previous exchange again, since
+    its user message held facts that the history does not keep."""
+    from avatar.memory import Turn
+
+    evaluated: dict[str, list] = {"plain": [], "grounded": []}
+    for mode in evaluated:
+        history: list = []
+        conversation = f"kb-dialogue-{mode}"
+        for q in questions:
+            grounding = knowledge.ground(q, history) if mode == "grounded" else None
+            messages = build_prompt(config.system_prompt, history, q, count_tokens=llm.count_tokens,
+                                    budget_tokens=llm.context_tokens // 2, max_turns=24)
+            if grounding is not None:
+                messages = grounding.apply(messages)
+            pieces = llm.stream_chat(messages, max_tokens=max_tokens, temperature=temperature,
+                                     cancel=threading.Event(), conversation=conversation)
+            if grounding is not None:
+                _, reply = checked_reply(pieces, grounding)
+            else:
+                reply = "".join(pieces).strip()
+            evaluated[mode].append(getattr(llm, "last_timings", {}).get(conversation, {}).get("prompt_n"))
+            history.append(Turn(q, reply))
+    return evaluated
 
 
 def summarize(records: list[dict]) -> dict:
