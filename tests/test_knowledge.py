@@ -213,6 +213,7 @@ def test_passages_stay_within_the_budget(index):
 def test_a_short_follow_up_searches_with_the_previous_question(index):
     history = [Turn("How much is a basic tune-up?", "A basic tune-up is $45.")]
     assert "services.csv" in ground(index, "And a full service?", history).sources
+    assert ground(index, "Thanks!", history).sources == []  # small talk after a question finds nothing
 
 
 # -- the prompt ---------------------------------------------------------------------------------------------------

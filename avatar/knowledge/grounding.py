@@ -114,7 +114,9 @@ def make_grounding(index, user_text: str, *, history=(), top_k: int, budget_toke
     question: "and on Saturdays?") and build the turn's grounding within ``budget_tokens``."""
     last = history[-1] if history else None
     query = user_text
-    if last is not None and len(query_terms(user_text)) <= 2:
+    # One or two content words ("and on Saturdays?") continue the last question; none ("Thanks!") is small
+    # talk and retrieves nothing.
+    if last is not None and 0 < len(query_terms(user_text)) <= 2:
         query = f"{last.user_text} {user_text}"
     chosen: list[Passage] = []
     used = 0
