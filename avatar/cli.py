@@ -1,4 +1,4 @@
-"""The ``avatar`` command: serve, talk, face, render, live, bench, soak."""
+"""The ``avatar`` command: serve, talk, face, render, live, bench, soak, kb."""
 
 from __future__ import annotations
 
@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_bench_arguments(p)
     except ImportError:
         pass
+
+    from avatar.knowledge.cli import register as register_kb
+
+    register_kb(sub, config_options)
     return parser
 
 

@@ -1,7 +1,7 @@
 """Configuration: one TOML file, every key optional. ``avatar serve --config FILE``.
 
-Sections mirror the pipeline: [server], [persona], [vad], [turn], [asr], [llm], [tts], [video], [memory], [limits],
-[audio], [kiosk].
+Sections mirror the pipeline: [server], [persona], [vad], [turn], [asr], [llm], [tts], [video], [memory],
+[knowledge], [limits], [audio], [kiosk].
 Unknown keys are an error (a typo should not silently fall back to a default).
 """
 
@@ -157,6 +157,22 @@ class MemoryConfig:
 
 
 @dataclass
+class KnowledgeConfig:
+    """The operator's documents that replies are grounded in (avatar/knowledge/)."""
+
+    path: str = ""  # folder of .md/.txt/.html/.csv/.pdf files; "" turns the knowledge base off
+    top_k: int = 3  # passages retrieved per user turn
+    # Prompt tokens the passages may take (out of memory.prompt_budget). Every token is evaluated before the
+    # first reply token: see BENCHMARKS.md for what each 100 tokens cost on 2 cores.
+    budget_tokens: int = 360
+    chunk_chars: int = 500  # documents are cut into passages of about this many characters
+    poll_s: float = 2.0  # how often the folder is checked for new, changed and deleted files (0: never)
+    # Replace reply clauses whose numbers, prices, times or names the retrieved passages do not support.
+    check: bool = True
+    phone: str = ""  # offered when the answer is unknown; "" = the first phone number found in the documents
+
+
+@dataclass
 class LimitsConfig:
     max_message_bytes: int = 256 * 1024
     max_text_chars: int = 2000
@@ -227,6 +243,7 @@ class Config:
     tts: TTSConfig = field(default_factory=TTSConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audio: AudioInConfig = field(default_factory=AudioInConfig)
     kiosk: KioskConfig = field(default_factory=KioskConfig)

@@ -84,6 +84,7 @@ class TurnEnded:
     interrupted: bool
     audio_samples: int
     latency_ms: dict[str, float | None] = field(default_factory=dict)  # stage (LATENCY_STAGES) -> ms
+    sources: list[str] = field(default_factory=list)  # knowledge files the reply could draw on
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def to_wire(event: Event) -> list[dict]:
         return [{"type": "latency", "turn_id": event.turn_id, "source": event.source,
                  **{f"{stage}_ms": event.latency_ms.get(stage) for stage in LATENCY_STAGES}},
                 {"type": "turn_end", "turn_id": event.turn_id, "reply": event.reply, "heard": event.heard,
-                 "interrupted": event.interrupted, "audio_samples": event.audio_samples}]
+                 "interrupted": event.interrupted, "audio_samples": event.audio_samples, "sources": event.sources}]
     if isinstance(event, ErrorRaised):
         wire = {"type": "error", "code": event.code, "message": event.message, "fatal": event.fatal}
         if event.limit is not None:

@@ -156,7 +156,7 @@ class ConnectionGuard:
 class StallWatch:
     """Cut a connection whose client stopped reading, whatever it sends, with or without a session.
 
-    Outbound notices a stalled client only when it has media to send. Control frames are another way to
+    MediaTimeline notices a stalled client only when it has media to send. Control frames are another way to
     fill the send buffer: websockets answers every ping with a pong written straight to the transport, so
     a client that sends pings and never reads grows the server's memory, and websockets' own keepalive
     cannot help (its ping waits for the full buffer to drain, so ``ping_timeout`` never starts). This

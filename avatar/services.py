@@ -48,6 +48,7 @@ class Services:
     models: object  # avatar.models.Models: vad, asr, llm, tts
     memory: MemoryStore
     faces: object | None = None  # avatar.face.FaceLibrary when video is on
+    knowledge: object | None = None  # avatar.knowledge.Knowledge when knowledge.path is set
 
     def __post_init__(self) -> None:
         sessions = max(2, self.config.limits.max_sessions)
@@ -102,7 +103,14 @@ class Services:
             faces = FaceLibrary([REPO_ROOT / "faces", config.data_path / "faces"], size=config.video.size,
                                 progress=progress)
             progress(f"faces: {', '.join(faces.names) or '(none)'}")
-        runtime = cls(config, models, memory, faces)
+        knowledge = None
+        if config.knowledge.path:
+            from avatar.knowledge import Knowledge
+
+            # Passages are sized with a tokenizer-free estimate: ground() runs on the event loop, and the
+            # xllamacpp tokenizer is a 3 ms localhost round trip per text (BENCHMARKS.md: estimate vs count).
+            knowledge = Knowledge.open(config, progress=progress)
+        runtime = cls(config, models, memory, faces, knowledge)
         if config.server.warm_up:
             runtime.warm_up(progress)
         if injected:
@@ -145,7 +153,8 @@ class Services:
             for f in [self.render_pool.submit(lambda: [animator.jpeg_at(p) for p in frames])
                       for _ in range(RENDER_THREADS)]:
                 f.result()
-        messages = build_prompt(config.system_prompt, [], "Hello!", count_tokens=models.llm.count_tokens,
+        system = config.system_prompt if self.knowledge is None else self.knowledge.system_prompt(config.system_prompt)
+        messages = build_prompt(system, [], "Hello!", count_tokens=models.llm.count_tokens,
                                 budget_tokens=models.llm.context_tokens, max_turns=0)
         try:
             for _ in models.llm.stream_chat(messages, max_tokens=1, temperature=0.0, cancel=threading.Event()):
@@ -164,6 +173,8 @@ class Services:
         close_llm = getattr(getattr(self.models, "llm", None), "close", None)
         if close_llm is not None:
             close_llm()  # stops its generations: one still running when the process exits crashes it
+        if self.knowledge is not None:
+            self.knowledge.close()
         self.memory.close()
 
     # -- model calls, off the event loop --------------------------------------------------------------

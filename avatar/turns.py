@@ -46,6 +46,7 @@ class TurnState:
     finished: bool = False
     line: str | None = None  # a fixed line to say (a kiosk's greeting) instead of asking the LLM
     remember: bool = True  # stored in memory (an attract line said to an empty room is not)
+    sources: list[str] = field(default_factory=list)  # knowledge files the reply could draw on
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, at if at is not None else time.monotonic())
@@ -148,31 +149,51 @@ class TurnRunner:
     async def _run(self, turn: TurnState) -> None:
         services = self.services
         try:
+            grounding = None
             if turn.line is not None:
                 pieces = _said(turn.line)
             else:
                 llm = services.models.llm
+                # Knowledge (avatar/knowledge/): passages retrieved before the prompt is built.
+                knowledge = getattr(services, "knowledge", None)
+                if knowledge is not None:
+                    grounding = knowledge.ground(turn.user_text, self.conversation.history)
+                    turn.sources = grounding.sources
                 messages = build_prompt(
                     services.config.system_prompt, self.conversation.history, turn.user_text,
                     count_tokens=services.count_tokens,
-                    budget_tokens=int(llm.context_tokens * services.config.memory.prompt_budget),
+                    budget_tokens=int(llm.context_tokens * services.config.memory.prompt_budget)
+                    - (grounding.tokens if grounding is not None else 0),
                     max_turns=services.config.memory.max_turns_in_prompt,
                 )
+                if grounding is not None:
+                    messages = grounding.apply(messages)
                 pieces = services.stream_chat(messages, turn.cancel, session=self.conversation.session_id)
             clauses: asyncio.Queue[str | None] = asyncio.Queue()
             speaker = asyncio.create_task(self._speak(turn, clauses))
             splitter = ClauseSplitter()
+
+            def say(clause: str) -> None:
+                if grounding is not None:
+                    # Checked before it is spoken, shown or remembered: the text streams clause by clause.
+                    clause = grounding.check(clause)
+                    if not clause:
+                        return
+                    turn.reply += clause + " "
+                    self._emit(turn, lambda c=clause: self.emit(ReplyDelta(turn.turn_id, c + " ")))
+                turn.mark("first_clause")
+                clauses.put_nowait(clause)
+
             try:
                 async for piece in pieces:
                     turn.mark("llm_first_token")
-                    turn.reply += piece
-                    self._emit(turn, lambda p=piece: self.emit(ReplyDelta(turn.turn_id, p)))
+                    if grounding is None:
+                        turn.reply += piece
+                        self._emit(turn, lambda p=piece: self.emit(ReplyDelta(turn.turn_id, p)))
                     for clause in splitter.push(piece):
-                        turn.mark("first_clause")
-                        clauses.put_nowait(clause)
+                        say(clause)
                 for clause in splitter.flush():
-                    turn.mark("first_clause")
-                    clauses.put_nowait(clause)
+                    say(clause)
             finally:
                 clauses.put_nowait(None)
             await speaker
@@ -255,7 +276,7 @@ class TurnRunner:
                            StageError(f"could not save the turn to memory: {exc}"), where="memory")
         self.emit(TurnEnded(turn.turn_id, turn.source, turn.reply.strip(), heard, interrupted,
                             sum(end - start for start, end, _ in turn.spans),
-                            {stage: turn.latency_ms(stage) for stage in LATENCY_STAGES}))
+                            {stage: turn.latency_ms(stage) for stage in LATENCY_STAGES}, list(turn.sources)))
         if self.turn is turn:
             self.turn = None
         self.set_state("listening")

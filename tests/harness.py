@@ -50,20 +50,24 @@ class Harness:
     typed: list[Event] = field(default_factory=list)  # every event on the bus, as objects
     sender: asyncio.Task | None = None
 
-    def close(self) -> None:
+    def close(self, *, shared_llm: bool = False) -> None:
+        """``shared_llm``: the language model is shared with other tests (a module fixture): keep it open."""
         self.session.close()
         self.timeline.close()
         if self.sender is not None:
             self.sender.cancel()
+        if shared_llm:
+            self.services.models.llm = None  # Services.close closes the model it holds
         self.services.close()
 
 
 def open_harness(tmp_path, *, models=None, overrides: dict | None = None, hello: dict | None = None,
-                 heard_everything: bool = False, name: str = "m") -> Harness:
+                 heard_everything: bool = False, name: str = "m", config=None, knowledge=None) -> Harness:
     """A session on fake models (``models``: from tests.fakes.fake_models) with a fresh memory store.
     ``heard_everything``: the client reports a playback clock far ahead, so turns end as soon as sent."""
-    config = load_config(None, {"server": {"data_dir": str(tmp_path)}, **(overrides or {})})
-    services = Services(config, models or fake_models(), MemoryStore(tmp_path / f"{name}.sqlite3"))
+    config = config or load_config(None, {"server": {"data_dir": str(tmp_path)}, **(overrides or {})})
+    services = Services(config, models or fake_models(), MemoryStore(tmp_path / f"{name}.sqlite3"),
+                        knowledge=knowledge)
     wire = Wire()
     timeline = MediaTimeline(wire.send, sample_rate=services.output_rate)
     if heard_everything:

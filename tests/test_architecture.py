@@ -80,7 +80,7 @@ def test_wire_json_comes_from_typed_events_in_one_place():
     assert latency["type"] == "latency" and latency["endpoint_ms"] == 12.0
     assert set(latency) == {"type", "turn_id", "source"} | {f"{stage}_ms" for stage in LATENCY_STAGES}
     assert end == {"type": "turn_end", "turn_id": 3, "reply": "Hello there.", "heard": "Hello",
-                   "interrupted": True, "audio_samples": 2205}
+                   "interrupted": True, "audio_samples": 2205, "sources": []}
     assert to_wire(ErrorRaised("rate_limited", "slow down", limit="limits.turns_per_minute"))[0]["limit"] == \
         "limits.turns_per_minute"
 

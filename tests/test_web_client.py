@@ -337,3 +337,23 @@ def test_audio_only_server_and_unknown_session(server_factory, browser):
     except Exception:
         print("\n".join(["--- page console ---", *watch.console[-60:], "--- server log ---", srv.log()[-6000:]]))
         raise
+
+
+def test_chat_shows_the_sources_of_a_reply(server_factory, browser):
+    shop = Path(__file__).resolve().parent / "data" / "kb" / "shop"
+    srv = server_factory(overrides={**FAST, "video.enabled": "false", "knowledge.path": str(shop)})
+    page, watch = open_page(browser, srv.http_url + "/")
+    try:
+        page.fill("#text-input", "When do you close on Saturday?")
+        page.press("#text-input", "Enter")
+        wait_turn_done(page, 1, timeout_ms=90000)
+        shown = page.inner_text(".msg.agent .sources")
+        assert shown.startswith("Sources: opening-hours.md"), shown
+        page.fill("#text-input", "Hello!")
+        page.press("#text-input", "Enter")
+        wait_turn_done(page, 2, timeout_ms=90000)
+        assert page.eval_on_selector_all(".msg.agent .sources", "els => els[1].textContent") == ""
+        assert not watch.errors, watch.errors
+    except Exception:
+        print("\n".join(["--- page console ---", *watch.console[-60:], "--- server log ---", srv.log()[-6000:]]))
+        raise

@@ -115,6 +115,8 @@ export class ChatLog {
       t.unheardEl.textContent = '';
     }
     if (!reply && !msg.interrupted) t.heardEl.textContent = '…';
+    const sources = Array.isArray(msg.sources) ? msg.sources.filter((s) => typeof s === 'string') : [];
+    t.sourcesEl.textContent = sources.length ? `Sources: ${sources.join(', ')}` : '';
     this._scroll();
   }
 
@@ -149,9 +151,10 @@ export class ChatLog {
     const tagEl = el('span', 'tag');
     textEl.replaceChildren(heardEl, unheardEl, tagEl);
     const heardNoteEl = el('div', 'heard-note');
+    const sourcesEl = el('div', 'sources'); // knowledge files the reply drew on (turn_end.sources)
     const latencyEl = el('div', 'latency');
-    m.append(heardNoteEl, latencyEl);
-    t = { el: m, heardEl, unheardEl, tagEl, heardNoteEl, latencyEl, text: '' };
+    m.append(heardNoteEl, sourcesEl, latencyEl);
+    t = { el: m, heardEl, unheardEl, tagEl, heardNoteEl, sourcesEl, latencyEl, text: '' };
     this.turns.set(turnId, t);
     return t;
   }

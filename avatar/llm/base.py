@@ -10,7 +10,7 @@ from typing import Iterator, Protocol
 
 class ChatLLM(Protocol):
     context_tokens: int  # prompt + reply of one conversation must fit in this many tokens
-    # Replies generated at once; sessions queue fairly beyond that (avatar.runtime.Runtime.stream_chat).
+    # Replies generated at once; sessions queue fairly beyond that (avatar.services.Services.stream_chat).
     max_concurrent: int
 
     def count_tokens(self, text: str) -> int: ...

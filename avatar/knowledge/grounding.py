@@ -1,0 +1,149 @@
+"""One turn's grounding: the passages that go into the prompt, the sources shown to the user, and the
+check that every reply clause passes before it is spoken.
+
+Prompting alone does not stop a small model from inventing: with a shop's documents in the prompt,
+Qwen 0.5B and 1.5B still answered unknown prices and names with made-up ones every time (issue 13). So
+the model is told to answer from the passages, and ``check`` then replaces a clause whose numbers or
+names the passages do not contain with a sentence that says so and offers the phone number.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from avatar.knowledge.index import Passage
+from avatar.knowledge.specifics import Specific, Support, names, specifics
+from avatar.knowledge.terms import ANSWER_WORDS, query_terms
+
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+# Constant, so that it stays in the LLM's prompt cache with the persona's prompt; the passages of a turn
+# go into that turn's user message instead (see Grounding.apply).
+INSTRUCTION = (
+    "Some messages begin with facts from the documents of the business you work for. Answer questions "
+    "about the business only from those facts, and repeat their numbers, prices, times and names exactly. "
+    "If the facts do not answer the question, say that you do not know{offer}. Never guess a price, a "
+    "time, a name or a policy."
+)
+FALLBACK = {
+    "en": ("I'm sorry, I don't have that information. You can call us at {phone}.",
+           "I'm sorry, I don't have that information; please ask a member of staff."),
+    "zh": ("抱歉，这个我不清楚。您可以拨打 {phone} 咨询。", "抱歉，这个我不清楚，请咨询店内工作人员。"),
+}
+
+
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free estimate (for the CLI): ~4 characters per token, one per Chinese character."""
+    cjk = len(_CJK.findall(text))
+    return cjk + (len(text) - cjk + 3) // 4
+
+
+def language_of(text: str, default: str = "en") -> str:
+    return "zh" if _CJK.search(text) else (default if default in FALLBACK else "en")
+
+
+def instruction(phone: str) -> str:
+    return INSTRUCTION.format(offer=f" and that they can call {phone}" if phone else "")
+
+
+@dataclass
+class Grounding:
+    user_text: str
+    passages: list[Passage]
+    fallback: str  # what replaces a clause with unsupported specifics
+    support: Support | None = None  # None: the check is off
+    # Words of the question that no document contains: the question is about something the documents do
+    # not cover, so any number in the reply (a price for a product they never name) is not from them.
+    topic_gaps: list[str] = field(default_factory=list)
+    tokens: int = 0  # prompt tokens the passages take
+    flagged: list[Specific] = field(default_factory=list)  # what the check found unsupported
+    replaced: bool = False
+    instruction: str = ""  # added to the system prompt (constant for a knowledge base)
+
+    @property
+    def sources(self) -> list[str]:
+        """The files the reply could use, best first, each once."""
+        return list(dict.fromkeys(p.source for p in self.passages))
+
+    def facts_block(self) -> str:
+        if not self.passages:
+            return "Facts from the documents: none match this question."
+        return "Facts from the documents:\n" + "\n".join(p.render() for p in self.passages)
+
+    def apply(self, messages: list[dict]) -> list[dict]:
+        """``messages`` with the instruction at the end of the system prompt (the same every turn, so the
+        LLM's prompt cache of it and of the history holds) and this turn's facts in front of the last
+        user message. A message without content words ("Hello!") gets no facts: small talk stays small."""
+        out = [dict(m) for m in messages]
+        if out and out[0]["role"] == "system" and self.instruction and self.instruction not in out[0]["content"]:
+            out[0]["content"] = f"{out[0]['content']}\n\n{self.instruction}"
+        if not self.passages and not self.topic_gaps and not query_terms(self.user_text):
+            return out
+        for message in reversed(out):
+            if message["role"] == "user":
+                message["content"] = f"{self.facts_block()}\n\nQuestion: {message['content']}"
+                break
+        return out
+
+    def check(self, clause: str) -> str:
+        """The clause as it may be spoken: unchanged, or the fallback sentence when it states a number or a
+        name that the passages do not support. After a replacement the rest of the reply is dropped (""):
+        it would go on about what was not known."""
+        if self.support is None:
+            return clause
+        if self.replaced:
+            return ""
+        bad = self.support.unsupported(clause)
+        if self.topic_gaps:  # a question about something the documents never mention
+            bad += [s for s in specifics(clause) if s.kind == "number" and s not in bad]
+        if not bad:
+            return clause
+        self.flagged.extend(bad)
+        self.replaced = True
+        return self.fallback
+
+
+
+
+def make_grounding(index, user_text: str, *, history=(), top_k: int, budget_tokens: int, check: bool,
+                   phone: str, language: str, count_tokens: Callable[[str], int], persona_text: str = ""
+                   ) -> Grounding:
+    """Retrieve the passages for ``user_text`` (a short follow-up also searches with the previous
+    question: "and on Saturdays?") and build the turn's grounding within ``budget_tokens``."""
+    last = history[-1] if history else None
+    query = user_text
+    # One or two content words ("and on Saturdays?") continue the last question; none ("Thanks!") is small
+    # talk and retrieves nothing.
+    if last is not None and 0 < len(query_terms(user_text)) <= 2:
+        query = f"{last.user_text} {user_text}"
+    chosen: list[Passage] = []
+    used = 0
+    for passage in index.search(query, top_k):
+        cost = count_tokens(passage.render()) + 2
+        if used + cost > budget_tokens:
+            continue  # a long passage is skipped, a shorter one further down may still fit
+        chosen.append(passage)
+        used += cost
+    lang = language_of(user_text, language)
+    with_phone, without = FALLBACK[lang]
+    fallback = with_phone.format(phone=phone) if phone else without
+    grounding = Grounding(user_text, chosen, fallback, tokens=used, instruction=instruction(phone))
+    if check:
+        earlier = f"{last.heard_text}" if last is not None else ""  # already checked when it was spoken
+        facts = "\n".join([*(p.render() for p in chosen), earlier, phone])
+        said = f"{user_text} {last.user_text if last is not None else ''} {persona_text}"
+        grounding.support = Support(facts, names_from=said)
+        grounding.topic_gaps = topic_gaps(index, user_text)
+    return grounding
+
+
+def topic_gaps(index, user_text: str) -> list[str]:
+    """The question's topic words that no document contains: names ("the Thunder X") and other words
+    ("a bike chain") except those that only say what kind of answer is wanted (ANSWER_WORDS). Chinese is
+    left out: its bigrams include pairs that span two words ("车一" in 租一辆自行车一天) and are in no
+    document, whatever the question."""
+    words = [t for t in query_terms(user_text) if not _CJK.search(t) and not t.isdigit()]
+    words += [w.lower() for spec in names(user_text) for w in spec.text.split()]
+    return [w for w in dict.fromkeys(words) if w not in ANSWER_WORDS and len(w) > 1 and not index.knows(w)]
