@@ -18,17 +18,6 @@ class VADStream(Protocol):
     def probability(self, frame: np.ndarray) -> float:
         """Speech probability of one frame of ``frame_samples`` float32 samples in [-1, 1]."""
 
-    @property
-    def silence_ms(self) -> float:
-        """How long the current pause has lasted (0 when not paused)."""
-        return self._silence_run * self.frame_ms if self.paused else 0.0
-
-    def end_now(self) -> VADEvent:
-        """End the utterance in the current pause (an end-of-turn model decided): the ``speech_end`` event."""
-        self.in_speech = self.paused = False
-        self._speech_run = self._silence_run = 0
-        return VADEvent("speech_end", self.last_speech_sample)
-
     def reset(self) -> None: ...
 
 
