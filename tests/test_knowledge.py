@@ -310,9 +310,9 @@ def test_support_matches_numbers_however_written():
 
 # -- configuration and commands ---------------------------------------------------------------------------------
 def test_config_section_and_set_override(shop):
-    from avatar.cli import _parse_sets
+    from avatar.config import parse_overrides
 
-    config = load_config(None, _parse_sets([f"knowledge.path={shop}", "knowledge.top_k=5"]))
+    config = load_config(None, parse_overrides([f"knowledge.path={shop}", "knowledge.top_k=5"]))
     assert config.knowledge.path == str(shop) and config.knowledge.top_k == 5
     assert load_config(None).knowledge.path == ""  # off by default
     with pytest.raises(ConfigError, match="knowledge.topk"):

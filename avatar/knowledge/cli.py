@@ -51,9 +51,9 @@ def register(sub, config_options) -> None:
 
 
 def _config(args):
-    from avatar.cli import _load_config
+    from avatar.config import config_from_args
 
-    config = _load_config(args)
+    config = config_from_args(args)
     if getattr(args, "folder", None):
         config.knowledge.path = str(args.folder)
     return config

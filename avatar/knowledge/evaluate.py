@@ -21,7 +21,7 @@ from avatar.clauses import ClauseSplitter
 from avatar.knowledge import Knowledge, KnowledgeIndex
 from avatar.knowledge.grounding import approx_tokens, make_grounding
 from avatar.knowledge.specifics import Support, specifics
-from avatar.memory import build_prompt
+from avatar.prompt import build_prompt
 
 
 def checked_reply(pieces, grounding) -> tuple[str, str]:
