@@ -327,8 +327,8 @@ def test_load_models_reports_progress():
     lines: list[str] = []
     config = Config(llm=LLMConfig(model="smollm2-135m", n_threads=1))
     models = load_models(config, progress=lines.append)
-    assert models.vad and models.asr and models.llm and models.tts
-    assert [line.split()[1] for line in lines] == ["VAD", "ASR", "LLM", "TTS"]
+    assert models.vad and models.asr and models.llm and models.tts and models.turn_end
+    assert [line.split()[1] for line in lines] == ["VAD", "ASR", "LLM", "TTS", "end"]  # end of turn
     assert "tiny.en (cpu, int8)" in lines[1] and lines[1].endswith(" s")
 
     with pytest.raises(ConfigError, match="valid: xllamacpp, transformers, openai"):
