@@ -155,9 +155,8 @@ class TurnRunner:
             else:
                 llm = services.models.llm
                 # Knowledge (avatar/knowledge/): passages retrieved before the prompt is built.
-                knowledge = getattr(services, "knowledge", None)
-                if knowledge is not None:
-                    grounding = knowledge.ground(turn.user_text, self.conversation.history)
+                if services.knowledge is not None:
+                    grounding = services.knowledge.ground(turn.user_text, self.conversation.history)
                     turn.sources = grounding.sources
                 messages = build_prompt(
                     services.config.system_prompt, self.conversation.history, turn.user_text,

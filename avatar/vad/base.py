@@ -60,7 +60,8 @@ class Endpointer:
         return self._silence_run * self.frame_ms if self.paused else 0.0
 
     def end_now(self) -> VADEvent:
-        """End the utterance in the current pause (an end-of-turn model decided): the ``speech_end`` event."""
+        """End the utterance in the current pause (the silence lasted, or an end-of-turn model decided): the
+        ``speech_end`` event."""
         self.in_speech = self.paused = False
         self._speech_run = self._silence_run = 0
         return VADEvent("speech_end", self.last_speech_sample)
@@ -101,7 +102,5 @@ class Endpointer:
             self.paused = True
             events.append(VADEvent("pause", self.last_speech_sample))
         if self._silence_run * self.frame_ms >= cfg.end_silence_ms:
-            self.in_speech = self.paused = False
-            self._speech_run = self._silence_run = 0
-            events.append(VADEvent("speech_end", self.last_speech_sample))
+            events.append(self.end_now())
         return events
