@@ -81,10 +81,17 @@ class TurnConfig:
     ask_every_ms: int = 200
     max_silence_ms: int = 1600  # this much silence ends a turn whatever the model says
     sharpness: float = 0.5  # needed silence = ask_after + (max_silence - ask_after) * (1 - p) ** sharpness
-    # A speaker who paused and went on before needs a silence longer than that pause plus this margin,
-    # unless the model is at least sure_probability.
+    # A model at least this sure ends the turn at the first ask. 0.8, not 0.95: espeak-ng's questions get
+    # 0.84-0.98 (Smart Turn was trained on human speech), and at 0.95 the end-of-turn decision came 736 ms
+    # after the end of speech at the median against 242 ms at 0.8, with the same premature turns on the
+    # readings (avatar bench, 2026-12-02; BENCHMARKS.md).
+    sure_probability: float = 0.8
+    # A speaker who paused and went on (a reader between sentences) needs, even from a sure model, a
+    # silence longer than their longest recent pause x rhythm_factor + rhythm_margin_ms. The factor: pauses
+    # vary (0.55-1.0 s in the readings), and with the margin alone (0.55 s + 250 ms < the next 0.8 s pause)
+    # the second and fourth pauses of a reading became turns.
+    rhythm_factor: float = 1.25
     rhythm_margin_ms: int = 250
-    sure_probability: float = 0.95
     # Silence added after the speech given to the recogniser: Whisper reads the last word better with
     # trailing silence, and it encodes a 30 s window whatever the length, so it costs no time.
     asr_padding_ms: int = 500
@@ -121,7 +128,10 @@ class LLMConfig:
     # Generation threads. One: while the LLM writes the rest of a reply, TTS speaks the first clause and
     # the face renders; on 2 cores a second LLM thread slows them more than it speeds the LLM.
     n_threads: int = 1
-    n_threads_batch: int = 2  # prompt evaluation, when nothing else is running
+    # Prompt evaluation. One: llama.cpp's threads meet at a barrier after every operation, and on 2 cores
+    # the face, TTS and ASR take one of two threads away at random; 11-14 new tokens then took 230-2600 ms
+    # with 2 threads against 230-365 ms with 1 (avatar bench, one session, 2026-12-02; BENCHMARKS.md).
+    n_threads_batch: int = 1
     context_tokens: int = 4096  # per conversation
     # xllamacpp: conversations that generate at once, each with its own prompt cache; more sessions queue.
     slots: int = 4

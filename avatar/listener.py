@@ -35,7 +35,9 @@ from avatar.vad.base import Endpointer
 
 log = logging.getLogger(__name__)
 
-MAX_UTTERANCE_S = 28.0  # Whisper sees 30 s windows; a longer monologue is cut into turns
+# Whisper reads 30 s windows: a longer monologue is transcribed in parts (see _carry_over), not cut into turns.
+MAX_UTTERANCE_S = 28.0
+MIN_HEAD_S = 5.0  # a part ends at the utterance's last pause if that leaves at least this much speech before it
 # Speech starting this soon after the last turn's speech ended means the speaker had only paused.
 RESUMED_WITHIN_MS = 2500.0
 
@@ -86,6 +88,8 @@ class Listener:
         self._partial_task: asyncio.Task | None = None
         self._last_partial_at = 0.0
         self._speculation: asyncio.Task | None = None  # the ASR of the utterance up to the pause
+        self._heads: list[asyncio.Task] = []  # transcripts of a long utterance's earlier parts, in order
+        self._pause_frame = 0  # where in the utterance its last pause began (frames)
         self._tasks: set[asyncio.Task] = set()
 
     def _task(self, coro) -> asyncio.Task:
@@ -127,8 +131,7 @@ class Listener:
         if self._utterance is not None:
             self._maybe_partial()
             if len(self._utterance) * n >= MAX_UTTERANCE_S * vad.sample_rate:
-                self.endpointer.reset()
-                self._on_vad("speech_end", self.endpointer.position)
+                self._carry_over(n, vad.sample_rate)
 
     def _on_vad(self, kind: str, sample: int) -> None:
         t_ms = round(sample * 1000.0 / INPUT_SAMPLE_RATE, 1)
@@ -141,11 +144,13 @@ class Listener:
                     self.policy.went_on(gap_ms)
             self._utterance = list(self._pre_roll)
             self._pre_roll.clear()
+            self._heads, self._pause_frame = [], 0
             self._last_partial_at = time.monotonic()
             self.session.emit(VoiceActivity("speech_start", t_ms))
             self.session.user_started()
         elif kind == "pause":
             self._pause += 1
+            self._pause_frame = len(self._utterance or ())
             cfg = self.services.config.turn
             self._next_ask_ms = cfg.ask_after_ms + cfg.ask_every_ms  # the early answer covers the first ask
             self._speculate()
@@ -161,6 +166,24 @@ class Listener:
             self._last_end_sample = sample
             self.session.emit(VoiceActivity("speech_end", t_ms))
             self._end_utterance(self._arrival_time(sample))
+
+    def _carry_over(self, frame_samples: int, sample_rate: int) -> None:
+        """A monologue reached MAX_UTTERANCE_S: transcribe it up to its last pause now and keep listening.
+        The text of that part starts the utterance's transcripts. Ending the turn here instead answered a
+        reader in mid-reading: 2 of the 3 premature turns in avatar bench's 80 s reading came from it."""
+        frames = self._utterance or []
+        cut = self._pause_frame
+        if cut * frame_samples < MIN_HEAD_S * sample_rate or cut >= len(frames):
+            cut = len(frames)  # no usable pause: cut here, maybe inside a word
+        head = np.concatenate(frames[:cut] + [self._padding])
+        del frames[:cut]
+        self._pause_frame = 0
+        self._heads.append(self._task(self.services.transcribe(head, kind="speculative", session=self.session_id)))
+
+    async def _with_heads(self, heads: list[asyncio.Task], text: str) -> str:
+        """``text`` after the transcripts of the utterance's earlier parts."""
+        parts = [await head for head in heads] + [text]
+        return " ".join(part.strip() for part in parts if part and part.strip())
 
     def _utterance_audio(self, padded: bool = False) -> np.ndarray:
         """The utterance so far; ``padded``: with trailing silence, as the recogniser likes it."""
@@ -216,10 +239,12 @@ class Listener:
             return
         self._last_partial_at = time.monotonic()
         audio = self._utterance_audio()
+        heads = [head for head in self._heads if head.done() and not head.cancelled() and not head.exception()]
 
         async def partial() -> None:
             try:
-                text = await self.services.transcribe(audio, kind="partial", session=self.session_id)
+                text = await self._with_heads(heads, await self.services.transcribe(
+                    audio, kind="partial", session=self.session_id))
             except Exception as exc:  # noqa: BLE001 - partials are best effort; the final reports errors
                 log.debug("partial ASR failed: %r", exc)
                 return
@@ -235,9 +260,11 @@ class Listener:
             return
         audio = self._utterance_audio(padded=True)
         t_pause = time.monotonic()
+        heads = list(self._heads)
 
         async def speculate() -> str:
-            text = await self.services.transcribe(audio, kind="speculative", session=self.session_id)
+            text = await self._with_heads(heads, await self.services.transcribe(
+                audio, kind="speculative", session=self.session_id))
             if text and self._speculation is asyncio.current_task():
                 self.session.speculate(text, t_pause)
             return text
@@ -249,6 +276,7 @@ class Listener:
         audio = self._utterance_audio(padded=True)
         self._pause_ms = 0.0
         speculation = self._speculation
+        heads, self._heads = self._heads, []
         self._utterance = None
         self._speculation = None
         if self._partial_task is not None:
@@ -261,7 +289,8 @@ class Listener:
                 if speculation is not None:
                     text = await speculation
                 else:
-                    text = await self.services.transcribe(audio, kind="final", session=self.session_id)
+                    text = await self._with_heads(heads, await self.services.transcribe(
+                        audio, kind="final", session=self.session_id))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001

@@ -51,9 +51,11 @@ def test_policy_waits_longer_when_unsure_and_learns_the_speakers_pauses():
     # A reader who paused 700 ms and went on: an end waits past their rhythm.
     before = policy.needed_silence_ms(0.9)
     policy.went_on(700)
-    assert policy.needed_silence_ms(0.9) >= 700 + cfg.rhythm_margin_ms > before
+    rhythm = 700 * cfg.rhythm_factor + cfg.rhythm_margin_ms
+    assert rhythm > 700 + cfg.rhythm_margin_ms  # longer than the pause itself, by more than the margin
+    assert policy.needed_silence_ms(0.9) >= rhythm > before
     # A reader's sentences are complete too: even a near-certain end waits past their pauses.
-    assert not policy.complete(0.99, cfg.ask_after_ms) and policy.complete(0.99, 700 + cfg.rhythm_margin_ms)
+    assert not policy.complete(0.99, 800) and policy.complete(0.99, rhythm)
     policy.went_on(50)  # too short to be a pause between sentences: not rhythm
     assert policy.pauses == [700]
 
@@ -125,6 +127,40 @@ async def test_a_speaker_who_goes_on_after_a_pause_gets_one_turn(tmp_path):
         # The speculative turn started in the first pause was never released: one turn, for both parts.
         assert len(harness.wire.of("turn_start")) == 1
         assert harness.session.listener.policy.pauses  # the first pause taught it the speaker's rhythm
+    finally:
+        harness.close()
+
+
+class LengthASR:
+    """Says how many seconds of audio it was given, so a transcript shows which parts it was made of."""
+
+    sample_rate = 16000
+
+    def transcribe(self, audio, *, language=None):
+        from avatar.asr.base import Transcript
+
+        return Transcript(f"part{len(audio) / 16000:.1f}")
+
+
+async def test_a_monologue_longer_than_whisper_reads_is_one_turn(tmp_path, monkeypatch):
+    import avatar.listener
+
+    monkeypatch.setattr(avatar.listener, "MAX_UTTERANCE_S", 3.0)
+    monkeypatch.setattr(avatar.listener, "MIN_HEAD_S", 1.0)
+    harness, _ = _session(tmp_path, 0.3, max_silence_ms=1500)
+    harness.services.models.asr = LengthASR()
+    try:
+        pause = np.zeros(int(0.6 * 16000), np.float32)
+        await feed(harness.session, np.concatenate([speech_like(1.4), pause, speech_like(1.4), pause,
+                                                    speech_like(1.4), np.zeros(int(1.7 * 16000), np.float32)]))
+        await wait_for(lambda: harness.wire.of("turn_end"), 10)
+        # Past MAX_UTTERANCE_S the first part was transcribed on its own, cut at a pause, and the reader
+        # was not answered mid-reading: one turn whose text joins the parts.
+        assert len(harness.wire.of("turn_start")) == 1
+        words = harness.wire.of("turn_start")[0]["user_text"].split()
+        assert len(words) >= 2 and all(w.startswith("part") for w in words), words
+        first_part_s = float(words[0][4:]) - 0.5  # less the recogniser's trailing padding
+        assert first_part_s < 2.0, words  # cut at the first pause (after 1.4 s of speech), not at the 3 s cap
     finally:
         harness.close()
 

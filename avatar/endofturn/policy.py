@@ -7,10 +7,10 @@ human reading, Smart Turn v3.2 said 0.25, 0.64, 0.74, 0.17, 0.51, 0.14, 0.98: at
 
     needed(p) = ask_after + (max_silence - ask_after) * (1 - p) ** sharpness
 
-A clear end (p at least ``sure_probability``, 0.95) ends the turn at the first ask, ~200 ms into the
+A clear end (p at least ``sure_probability``, 0.8) ends the turn at the first ask, ~200 ms into the
 silence; an unsure one waits up to ``max_silence``. And a speaker who has already paused and gone on (a reader between
 sentences, someone thinking aloud) has shown how long their pauses run: until the silence is longer than
-their longest recent pause plus a margin, not even a near-certain model ends the turn: a reader's
+their longest recent pause x ``rhythm_factor`` (1.25) plus a margin, not even a near-certain model ends the turn: a reader's
 sentences are complete too. Pauses older than 30 s are forgotten: a reader who stops reading and asks a
 question is answered quickly again.
 """
@@ -47,7 +47,7 @@ class EndOfTurnPolicy:
             needed = cfg.ask_after_ms + (cfg.max_silence_ms - cfg.ask_after_ms) * doubt ** cfg.sharpness
         pauses = self.pauses
         if pauses:  # ...unless this speaker has just paused that long and gone on (a reader)
-            needed = max(needed, max(pauses) + cfg.rhythm_margin_ms)
+            needed = max(needed, max(pauses) * cfg.rhythm_factor + cfg.rhythm_margin_ms)
         return min(needed, cfg.max_silence_ms)
 
     def complete(self, probability: float, silence_ms: float) -> bool:

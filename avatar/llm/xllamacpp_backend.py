@@ -216,5 +216,8 @@ class XLlamaCppLLM:
 
     def _remember(self, conversation: str | None, timings: dict) -> None:
         self.last_timings[conversation] = timings
+        log.debug("conversation %s: %s prompt tokens evaluated in %.0f ms (%s from the cache), %s generated",
+                  (conversation or "-")[:8], timings.get("prompt_n"), timings.get("prompt_ms", 0.0),
+                  timings.get("cache_n"), timings.get("predicted_n"))
         while len(self.last_timings) > 4 * len(self._slots):  # conversations that never said goodbye
             self.last_timings.pop(next(iter(self.last_timings)))
