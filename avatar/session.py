@@ -68,9 +68,10 @@ class Session:
         self.emit(Transcript(text, final=True))
         self.say(text, "text")
 
-    def say(self, text: str, source: str) -> TurnState:
-        """Answer ``text`` now, whatever its source ("text", "script", "comment", ...)."""
-        return self.turns.start(text, source, t_ref=time.monotonic())
+    def say(self, text: str, source: str, *, about: str | None = None) -> TurnState:
+        """Answer ``text`` now, whatever its source ("text", "script", "comment", ...); ``about``: what the
+        knowledge base looks up when that is not ``text`` (a viewer's comment inside the host's prompt)."""
+        return self.turns.start(text, source, t_ref=time.monotonic(), about=about)
 
     def say_line(self, line: str, source: str, *, cue: str, remember: bool = True) -> TurnState:
         """Say a fixed ``line`` (a kiosk's greeting) without the LLM; ``cue`` stands for the user's side of

@@ -47,6 +47,9 @@ class TurnState:
     line: str | None = None  # a fixed line to say (a kiosk's greeting) instead of asking the LLM
     remember: bool = True  # stored in memory (an attract line said to an empty room is not)
     sources: list[str] = field(default_factory=list)  # knowledge files the reply could draw on
+    # What the knowledge base searches for and checks the reply against, when not user_text: a viewer's
+    # own words, not the prompt that quotes them (avatar/live/host.py).
+    about: str | None = None
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, at if at is not None else time.monotonic())
@@ -109,11 +112,12 @@ class TurnRunner:
 
     # -- turns ------------------------------------------------------------------------------------------
     def start(self, text: str, source: str, *, t_ref: float, released: bool = True, line: str | None = None,
-              remember: bool = True) -> TurnState:
+              remember: bool = True, about: str | None = None) -> TurnState:
         """Answer ``text`` (or, with ``line``, say that line as the reply without asking the LLM)."""
         if self.turn is not None:
             self.interrupt("barge_in")
-        turn = TurnState(next(self._turn_ids), text, source, t_ref, released=released, line=line, remember=remember)
+        turn = TurnState(next(self._turn_ids), text, source, t_ref, released=released, line=line, remember=remember,
+                         about=about)
         self.turn = turn
         self._emit(turn, lambda: self.emit(TurnStarted(turn.turn_id, text, source)))
         self._emit(turn, lambda: self.set_state("thinking"))
@@ -156,7 +160,7 @@ class TurnRunner:
                 llm = services.models.llm
                 # Knowledge (avatar/knowledge/): passages retrieved before the prompt is built.
                 if services.knowledge is not None:
-                    grounding = services.knowledge.ground(turn.user_text, self.conversation.history)
+                    grounding = services.knowledge.ground(turn.about or turn.user_text, self.conversation.history)
                     turn.sources = grounding.sources
                 messages = build_prompt(
                     services.config.system_prompt, self.conversation.history, turn.user_text,

@@ -132,18 +132,22 @@ def make_grounding(index, user_text: str, *, history=(), top_k: int, budget_toke
     grounding = Grounding(user_text, chosen, fallback, tokens=used, instruction=instruction(phone))
     if check:
         earlier = f"{last.heard_text}" if last is not None else ""  # already checked when it was spoken
-        facts = "\n".join([*(p.render() for p in chosen), earlier, phone])
+        # The persona's prompt is the operator's own text too (a show file's catalogue and prices).
+        facts = "\n".join([*(p.render() for p in chosen), earlier, phone, persona_text])
         said = f"{user_text} {last.user_text if last is not None else ''} {persona_text}"
         grounding.support = Support(facts, names_from=said)
-        grounding.topic_gaps = topic_gaps(index, user_text)
+        grounding.topic_gaps = topic_gaps(index, user_text, known=persona_text)
     return grounding
 
 
-def topic_gaps(index, user_text: str) -> list[str]:
-    """The question's topic words that no document contains: names ("the Thunder X") and other words
+def topic_gaps(index, user_text: str, known: str = "") -> list[str]:
+    """The question's topic words that no document (nor ``known``, the operator's prompt) contains: names
+    ("the Thunder X") and other words
     ("a bike chain") except those that only say what kind of answer is wanted (ANSWER_WORDS). Chinese is
     left out: its bigrams include pairs that span two words ("车一" in 租一辆自行车一天) and are in no
     document, whatever the question."""
     words = [t for t in query_terms(user_text) if not _CJK.search(t) and not t.isdigit()]
     words += [w.lower() for spec in names(user_text) for w in spec.text.split()]
-    return [w for w in dict.fromkeys(words) if w not in ANSWER_WORDS and len(w) > 1 and not index.knows(w)]
+    operator = set(query_terms(known)) if known else set()
+    return [w for w in dict.fromkeys(words)
+            if w not in ANSWER_WORDS and len(w) > 1 and w not in operator and not index.knows(w)]

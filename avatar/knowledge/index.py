@@ -39,7 +39,8 @@ CREATE VIRTUAL TABLE IF NOT EXISTS passages USING fts5(
 );
 """
 # A phone number as written in documents: "555-0142", "+1 (555) 010-2030", "020 7946 0958".
-PHONE = re.compile(r"(?<![\w.])\+?\(?\d[\d ()./-]{5,}\d(?![\w.])")
+# A number at the end of a sentence ("Call 555-0199.") is one too: a full stop may follow, a decimal may not.
+PHONE = re.compile(r"(?<![\w.])\+?\(?\d[\d ()./-]{5,}\d(?!\w|\.\d)")
 _CONTACT_WORDS = '"phone" OR "call" OR "telephone" OR "tel" OR "电话"'
 
 

@@ -123,7 +123,7 @@ class ShowHost:
 
     async def _present_improvised(self, segment: Segment, request: str) -> bool:
         while True:
-            turn = self.session.say(request, "segment")
+            turn = self.session.say(request, "segment", about=segment.name)
             cut = await self._wait_turn(turn, pausable=self.show.answer == "pause")
             self._trim_history()
             if not cut:
@@ -162,7 +162,7 @@ class ShowHost:
 
     async def answer(self, comment: Comment) -> None:
         await self.speak(lead_in(comment), "lead_in")
-        turn = self.session.say(prompt_for(comment, self.language), "comment")
+        turn = self.session.say(prompt_for(comment, self.language), "comment", about=comment.text)
         await self._wait_turn(turn, pausable=False)
         self._trim_history()
         reply = turn.reply.strip()
