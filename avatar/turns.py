@@ -24,7 +24,7 @@ from avatar.errors import AvatarError, StageError
 from avatar.events import (LATENCY_STAGES, ErrorRaised, Event, Interrupted, ReplyDelta, StateChanged, TurnEnded,
                            TurnStarted)
 from avatar.memory import Turn
-from avatar.prompt import build_prompt
+from avatar.prompt import PromptWindow, build_prompt
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Conversation:
     session_id: str
     user_id: str | None
     history: list[Turn]
+    prompt_window: PromptWindow = field(default_factory=PromptWindow)  # keeps the LLM's prompt cache useful
 
 
 def report_error(emit: Callable[[Event], None], exc: BaseException, *, where: str, session_id: str) -> None:
@@ -168,6 +169,7 @@ class TurnRunner:
                     budget_tokens=int(llm.context_tokens * services.config.memory.prompt_budget)
                     - (grounding.tokens if grounding is not None else 0),
                     max_turns=services.config.memory.max_turns_in_prompt,
+                    window=self.conversation.prompt_window,
                 )
                 if grounding is not None:
                     messages = grounding.apply(messages)

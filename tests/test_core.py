@@ -138,6 +138,28 @@ def test_prompt_keeps_recent_turns_within_budget():
     assert [m["role"] for m in messages] == ["system", "user"] and messages[1]["content"] == "first\nsecond"
 
 
+def test_the_prompt_keeps_its_start_while_it_fits_so_the_llm_cache_holds():
+    from avatar.prompt import PromptWindow
+
+    count = lambda text: len(text.split())  # noqa: E731
+    window, history, starts = PromptWindow(), [], []
+    for i in range(60):
+        messages = build_prompt("sys", history, f"question {i}", count_tokens=count, budget_tokens=120,
+                                max_turns=24, window=window)
+        assert sum(count(m["content"]) for m in messages) <= 120 and len(messages) <= 2 * 24 + 2
+        starts.append(messages[1]["content"])  # the oldest turn in the prompt, or this question
+        history.append(Turn(f"old {i} " + "word " * 6, f"answer {i}"))
+    # Without a window the start moves on every turn once the history is full; with one it stays for
+    # several turns, then jumps (one full prompt evaluation) to a window half the budget.
+    moves = sum(a != b for a, b in zip(starts, starts[1:]))
+    assert moves <= 60 // 3, moves
+    assert "old 59" in build_prompt("sys", history, "q", count_tokens=count, budget_tokens=120, max_turns=24,
+                                    window=window)[-3]["content"]  # the newest turns are always there
+    fixed = [build_prompt("sys", history[:n], "q", count_tokens=count, budget_tokens=120,
+                          max_turns=24)[1]["content"] for n in range(40, 50)]
+    assert len(set(fixed)) == 10  # the plain budget rule: a new start every turn
+
+
 def _feed(endpointer, probs, **kw):
     return [(e.kind, e.sample) for p in probs for e in endpointer.update(p, **kw)]
 
