@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -135,6 +136,21 @@ def test_slot_table_keeps_a_conversation_on_its_slot():
     table.forget("a")
     assert table.acquire("c")[0] == a  # the ended conversation's slot goes first
     assert table.owner(a) == "c"
+
+
+def test_a_conversation_waits_for_its_own_slot_without_holding_up_others():
+    table = SlotTable(2)
+    a, _ = table.acquire("a")  # e.g. the knowledge prefill, still reading
+    got = {}
+    waiter = threading.Thread(target=lambda: got.setdefault("a", table.acquire("a")))
+    waiter.start()
+    time.sleep(0.1)
+    assert "a" not in got  # the free slot holds none of a's prompt: a waits for its own
+    b, _ = table.acquire("b")  # and b, behind a in line, is served at once
+    assert b != a
+    table.release(a)
+    waiter.join(5)
+    assert got["a"][0] == a
 
 
 def test_slot_table_waits_in_order_and_gives_up_on_cancel():

@@ -29,42 +29,56 @@ class SlotTable:
         self._slots = [_Slot() for _ in range(slots)]
         self._cond = threading.Condition()
         self._tickets = itertools.count()
-        self._waiting: list[int] = []  # tickets in arrival order
+        self._waiting: list[tuple[int, str | None]] = []  # (ticket, conversation) in arrival order
 
     def __len__(self) -> int:
         return len(self._slots)
 
     def acquire(self, conversation: str | None, cancel: threading.Event | None = None) -> tuple[int, float] | None:
-        """(slot index, seconds waited) once a slot is free and every earlier waiter is served, or None
-        as soon as ``cancel`` is set (a barge-in while waiting)."""
+        """(slot index, seconds waited) once a slot is free and every earlier waiter that can be served is
+        served, or None as soon as ``cancel`` is set (a barge-in while waiting)."""
         started = time.monotonic()
         with self._cond:
             ticket = next(self._tickets)
-            self._waiting.append(ticket)
+            self._waiting.append((ticket, conversation))
             try:
                 while True:
                     if cancel is not None and cancel.is_set():
                         return None
-                    if self._waiting[0] == ticket:
-                        index = self._pick(conversation)
-                        if index is not None:
-                            slot = self._slots[index]
-                            slot.busy, slot.owner = True, conversation
-                            return index, time.monotonic() - started
+                    index = self._slot_for(ticket)
+                    if index is not None:
+                        slot = self._slots[index]
+                        slot.busy, slot.owner = True, conversation
+                        return index, time.monotonic() - started
                     # Woken on every release; the timeout only bounds how late a cancel is noticed.
                     self._cond.wait(0.05)
             finally:
-                self._waiting.remove(ticket)
+                self._waiting.remove((ticket, conversation))
                 self._cond.notify_all()
 
-    def _pick(self, conversation: str | None) -> int | None:
-        free = [i for i, s in enumerate(self._slots) if not s.busy]
+    def _slot_for(self, ticket: int) -> int | None:
+        """The slot this waiter gets now: earlier waiters that can be served choose first (first come, first
+        served), and one waiting for its own busy slot holds up nobody else."""
+        claimed: set[int] = set()
+        for waiting, conversation in self._waiting:
+            index = self._pick(conversation, claimed)
+            if waiting == ticket:
+                return index
+            if index is not None:
+                claimed.add(index)
+        return None
+
+    def _pick(self, conversation: str | None, claimed: set[int]) -> int | None:
+        if conversation is not None:
+            for i, slot in enumerate(self._slots):
+                if slot.owner == conversation:
+                    # Its own slot, even if that means waiting: another one holds none of its prompt (a
+                    # turn right after the knowledge prefill, or after a cancelled reply, would evaluate
+                    # the whole conversation again).
+                    return i if not slot.busy and i not in claimed else None
+        free = [i for i, s in enumerate(self._slots) if not s.busy and i not in claimed]
         if not free:
             return None
-        if conversation is not None:
-            for i in free:
-                if self._slots[i].owner == conversation:
-                    return i
         unowned = [i for i in free if self._slots[i].owner is None]
         if unowned:
             return unowned[0]
