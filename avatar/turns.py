@@ -172,7 +172,8 @@ class TurnRunner:
         tokens took longer than the whole turn's other prompt work. Without a knowledge base the slot
         already holds everything but the new question."""
         knowledge = self.services.knowledge
-        if knowledge is None or self.turn is not None or (self._prefill is not None and not self._prefill.done()):
+        if knowledge is None or not knowledge.cfg.prefill or self.turn is not None or (
+                self._prefill is not None and not self._prefill.done()):
             return
         grounding = knowledge.ground(partial_text, self.conversation.history)
         passages = tuple(p.render() for p in grounding.passages)
