@@ -129,6 +129,9 @@ def test_espeak_unknown_voice_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="espeak-ng --voices"):
         EspeakTTS(TTSConfig(voice="espeak:klingon"), ZH)
+    # A voice with a variant: docs/kiosk.md's female voice for the default face.
+    female = EspeakTTS(TTSConfig(voice="espeak:en-us+f3"), PersonaConfig())
+    assert sum(len(chunk.audio) for chunk in female.synthesize("Hello, welcome!")) > female.sample_rate // 2
 
 
 def _synthetic_zh_piper_voice(folder):

@@ -83,7 +83,8 @@ class EspeakTTS:
     def __init__(self, cfg: TTSConfig, persona: PersonaConfig):
         self.binary = espeak_binary()
         self.voice = voice_for(cfg, persona)
-        if self.voice not in espeak_voices():
+        # "en-us+f3": a voice with a variant (espeak-ng --voices=variant), e.g. a female one for a woman's face
+        if self.voice.split("+", 1)[0] not in espeak_voices():
             raise ConfigError(f"espeak-ng has no voice '{self.voice}' (from persona.language = "
                               f"'{persona.language}'); set tts.voice = \"espeak:NAME\" with a name from `espeak-ng --voices`")
         self.chinese = self.voice.startswith(("cmn", "yue", "zh"))
