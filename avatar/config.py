@@ -180,9 +180,6 @@ class KnowledgeConfig:
     # Replace reply clauses whose numbers, prices, times or names the retrieved passages do not support.
     check: bool = True
     phone: str = ""  # offered when the answer is unknown; "" = the first phone number found in the documents
-    # While the user speaks, the LLM reads the passages found for the partial transcript, so the turn
-    # evaluates only the question's last words (avatar/turns.py, TurnRunner.prefill).
-    prefill: bool = True
 
 
 @dataclass

@@ -55,8 +55,6 @@ class ListenerEvents(Protocol):
 
     def drop_speculation(self) -> None: ...  # the user went on: forget the held answer
 
-    def prefill(self, partial_text: str) -> None: ...  # while the user speaks: let the LLM read ahead
-
     def utterance(self, text: str, t_end: float, t_decision: float) -> None: ...  # the user's turn is over
 
 
@@ -252,7 +250,6 @@ class Listener:
                 return
             if text and self._utterance is not None:
                 self.session.emit(Transcript(text, final=False))
-                self.session.prefill(text)
 
         self._partial_task = self._task(partial())
 

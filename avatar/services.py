@@ -248,10 +248,10 @@ class Services:
             forget(session)
 
     async def stream_chat(self, messages: list[dict], cancel: threading.Event, *,
-                          session: str = "", max_tokens: int | None = None) -> AsyncIterator[str]:
+                          session: str = "") -> AsyncIterator[str]:
         cfg = self.config.llm
         make = lambda: self.models.llm.stream_chat(  # noqa: E731
-            messages, max_tokens=max_tokens or cfg.max_tokens, temperature=cfg.temperature, cancel=cancel,
+            messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, cancel=cancel,
             conversation=session or None)
         finished = False
         # Sessions beyond the model's parallel slots queue here, in turn. Waiting is not a hang, so the

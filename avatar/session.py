@@ -102,9 +102,6 @@ class Session:
         turn = self.turns.start(text, "voice", t_ref=t_pause, released=False)
         turn.mark("asr_final")
 
-    def prefill(self, partial_text: str) -> None:
-        self.turns.prefill(partial_text)
-
     def drop_speculation(self) -> None:
         turn = self.turns.turn
         if turn is not None and not turn.released:

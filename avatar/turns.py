@@ -94,8 +94,6 @@ class TurnRunner:
         self.face = face  # avatar.media.FaceVideo or None: animated with the same audio
         self.turn: TurnState | None = None  # the turn being answered (released or speculative)
         self._turn_ids = itertools.count(1)
-        self._prefill: asyncio.Task | None = None  # the LLM reading the next turn's passages early
-        self._prefilled: tuple[str, ...] = ()
         self.state = ""
         self.closed = False  # the connection is gone: nothing more is reported
         self.set_state("listening")
@@ -164,33 +162,6 @@ class TurnRunner:
             window=self.conversation.prompt_window,
         )
         return grounding.apply(messages) if grounding is not None else messages
-
-    def prefill(self, partial_text: str) -> None:
-        """While the user is still speaking, have the LLM read the passages the knowledge base finds for
-        the partial transcript, so that the turn evaluates only the question's last words. The passages go
-        in front of the question, after the cached history; at 1 prompt thread on 2 cores their 60-200
-        tokens took longer than the whole turn's other prompt work. Without a knowledge base the slot
-        already holds everything but the new question."""
-        knowledge = self.services.knowledge
-        if knowledge is None or not knowledge.cfg.prefill or self.turn is not None or (
-                self._prefill is not None and not self._prefill.done()):
-            return
-        grounding = knowledge.ground(partial_text, self.conversation.history)
-        passages = tuple(p.render() for p in grounding.passages)
-        if not passages or passages == self._prefilled:
-            return
-        self._prefilled = passages
-        messages = self._prompt(partial_text, grounding)
-
-        async def read() -> None:
-            try:
-                async for _ in self.services.stream_chat(messages, threading.Event(), max_tokens=1,
-                                                         session=self.conversation.session_id):
-                    pass
-            except Exception as exc:  # noqa: BLE001 - only a head start; the turn reports real failures
-                log.debug("prefill failed: %r", exc)
-
-        self._prefill = asyncio.create_task(read())
 
     async def _run(self, turn: TurnState) -> None:
         services = self.services

@@ -6,7 +6,6 @@ ones run the real default model (Qwen2.5 0.5B) on the test shop's documents: the
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 from pathlib import Path
@@ -98,25 +97,6 @@ async def test_supported_answer_passes_and_names_its_sources(grounded):
     assert end["reply"] == "On Saturdays we are open from 10 am until 4 pm."
     assert " ".join(tts.said) == end["reply"]  # the first phrase may go ahead (avatar/clauses.py)
     assert end["sources"][0] == "opening-hours.md"
-
-
-async def test_the_llm_reads_the_passages_while_the_user_is_still_speaking(grounded):
-    llm = WordLLM("On Saturdays we are open from 10 am until 4 pm.", delay=0)
-    rt, session, wire, tts = grounded(llm)
-    session.prefill("When do you close on")  # a partial transcript, mid-question
-    await wait_for(lambda: llm.prompts, 5)
-    read = llm.prompts[0][-1]["content"]
-    assert "opening-hours.md" in read and read.endswith("Question: When do you close on")
-    assert not wire.of("turn_start") and not tts.said  # nothing is said: the model only read ahead
-    await asyncio.sleep(0.2)
-    session.prefill("When do you close on Satur")  # the same passages: not read again
-    await asyncio.sleep(0.2)
-    assert len(llm.prompts) == 1
-    end = await ask(session, wire, "When do you close on Saturday?")
-    # The turn's prompt starts like the one read ahead: the model's cache holds all but the last words.
-    turn = llm.prompts[-1][-1]["content"]
-    assert turn.startswith(read) and end["sources"][0] == "opening-hours.md"
-    assert llm.conversations == [session.session_id] * 2  # the same conversation, so the same slot
 
 
 async def test_small_talk_gets_no_facts_and_no_sources(grounded):

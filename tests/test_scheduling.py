@@ -140,7 +140,7 @@ def test_slot_table_keeps_a_conversation_on_its_slot():
 
 def test_a_conversation_waits_for_its_own_slot_without_holding_up_others():
     table = SlotTable(2)
-    a, _ = table.acquire("a")  # e.g. the knowledge prefill, still reading
+    a, _ = table.acquire("a")  # e.g. a cancelled reply, its prompt still being read
     got = {}
     waiter = threading.Thread(target=lambda: got.setdefault("a", table.acquire("a")))
     waiter.start()

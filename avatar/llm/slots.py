@@ -73,7 +73,7 @@ class SlotTable:
             for i, slot in enumerate(self._slots):
                 if slot.owner == conversation:
                     # Its own slot, even if that means waiting: another one holds none of its prompt (a
-                    # turn right after the knowledge prefill, or after a cancelled reply, would evaluate
+                    # turn right after a cancelled reply whose prompt is still being read would evaluate
                     # the whole conversation again).
                     return i if not slot.busy and i not in claimed else None
         free = [i for i, s in enumerate(self._slots) if not s.busy and i not in claimed]
