@@ -19,7 +19,7 @@ import numpy as np
 from avatar.audio import resample_linear
 from avatar.config import Config
 from avatar.errors import StageError
-from avatar.llm.base import lower_thread_priority
+from avatar.llm.base import lower_thread_priority, prime_slots
 from avatar.memory import MemoryStore
 from avatar.scheduling import FairQueue, SessionGone
 from avatar.threads import iterate_in_thread
@@ -156,12 +156,12 @@ class Services:
         system = config.system_prompt if self.knowledge is None else self.knowledge.system_prompt(config.system_prompt)
         messages = build_prompt(system, [], "Hello!", count_tokens=models.llm.count_tokens,
                                 budget_tokens=models.llm.context_tokens, max_turns=0)
+        slots = "LLM"
         try:
-            for _ in models.llm.stream_chat(messages, max_tokens=1, temperature=0.0, cancel=threading.Event()):
-                pass
+            slots = f"LLM ({prime_slots(models.llm, messages)} slots)"
         except Exception as exc:  # noqa: BLE001 - e.g. a remote LLM server not up yet: say so, serve anyway
             progress(f"WARNING: the LLM did not answer a warm-up prompt ({exc}); replies will fail until it does")
-        progress(f"warmed up ASR, TTS, LLM and the face renderer in {time.monotonic() - t0:.1f} s")
+        progress(f"warmed up ASR, TTS, {slots} and the face renderer in {time.monotonic() - t0:.1f} s")
 
     def close(self) -> None:
         if self.faults:

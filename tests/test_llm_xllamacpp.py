@@ -110,3 +110,30 @@ def test_cuda_without_a_gpu_build_says_what_to_install(monkeypatch):
     monkeypatch.setattr(backend, "gpu_present", lambda: False)
     with pytest.raises(ConfigError, match="CUDA build"):
         load_llm(LLMConfig(model="smollm2-135m", device="cuda"))
+
+
+def test_warm_up_primes_every_slot_with_the_system_prompt(qwen):
+    """After prime_slots, conversations arriving at once each find the system prompt in their slot: none
+    evaluates it again (a cold slot would evaluate all of it before its first token)."""
+    from avatar.llm.base import prime_slots
+
+    system = {"role": "system", "content": "You are Kim, the guide of a small museum of clocks. " * 6}
+    assert prime_slots(qwen, [system, {"role": "user", "content": "Hello!"}]) == len(qwen._slots) == 2
+    assert all(qwen._slots.owner(i) is None for i in range(2))  # free for newcomers
+    system_tokens = qwen.count_tokens(system["content"])
+    barrier = threading.Barrier(2)
+
+    def visit(name: str) -> None:
+        barrier.wait()
+        list(qwen.stream_chat([system, {"role": "user", "content": f"I am {name}. When do you open?"}],
+                              max_tokens=4, temperature=0.0, conversation=name))
+
+    threads = [threading.Thread(target=visit, args=(n,)) for n in ("ann", "bob")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for name in ("ann", "bob"):
+        timings = qwen.last_timings[name]
+        assert timings["cache_n"] >= system_tokens, (name, timings)
+        assert timings["prompt_n"] < system_tokens / 2, (name, timings)
