@@ -175,6 +175,11 @@ class KnowledgeConfig:
     # Prompt tokens the passages may take (out of memory.prompt_budget). Every token is evaluated before the
     # first reply token: see BENCHMARKS.md for what each 100 tokens cost on 2 cores.
     budget_tokens: int = 360
+    # A folder whose passages all fit in this many tokens is put into the system prompt whole, once: it
+    # stays in each conversation's LLM prompt cache, so a turn evaluates no passage tokens (per-turn
+    # passages added 0.75-1.04 s to voice-to-voice p50 on 2 cores). Larger folders get the top_k passages
+    # in each turn's message. 0: always per turn.
+    standing_tokens: int = 1200
     chunk_chars: int = 500  # documents are cut into passages of about this many characters
     poll_s: float = 2.0  # how often the folder is checked for new, changed and deleted files (0: never)
     # Replace reply clauses whose numbers, prices, times or names the retrieved passages do not support.

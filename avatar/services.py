@@ -195,10 +195,15 @@ class Services:
 
         ``kind`` is "final" (on the critical path: served first), "speculative" or "partial" (``partial=True``
         is the old spelling of the last). A partial transcript is best effort: it is skipped (None) while
-        any other transcription runs or waits, so that partials never delay a final one. Sessions take
+        any other transcription runs or waits, so that partials never delay a final one, and while a reply
+        is being generated. Sessions take
         turns round-robin within a kind; a cancelled caller leaves the queue at once."""
         kind = kind or ("partial" if partial else "final")
-        if kind == "partial" and self.asr_queue.busy():
+        # A partial only uses a CPU nothing urgent needs: not while another transcription runs or waits,
+        # nor while any session's reply is being generated. With four people talking at once on 2 cores,
+        # partials re-transcribing everyone's growing utterance kept the recogniser busy whenever it was
+        # free and took the CPU from the replies in flight (BENCHMARKS.md, issue 10).
+        if kind == "partial" and (self.asr_queue.busy() or self.llm_queue.busy()):
             return None
         loop = asyncio.get_running_loop()
         language = self.config.persona.language or None

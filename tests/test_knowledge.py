@@ -175,6 +175,38 @@ def test_the_running_server_picks_up_changes(shop, tmp_path):
         knowledge.close()
 
 
+def test_a_small_folder_stands_in_the_system_prompt_and_follows_changes(shop, tmp_path):
+    config = load_config(None, {"server": {"data_dir": str(tmp_path / "data")},
+                                "knowledge": {"path": str(shop), "poll_s": 0.0}})
+    knowledge = Knowledge.open(config)
+    try:
+        system = knowledge.system_prompt("You are Sam.")
+        assert system.startswith("You are Sam.\n\n") and "Never guess" in system
+        for fact in ("Maria Okafor", "Price: $45", "555-0142", "90 days", "押金50美元"):  # every file, every format
+            assert fact in system
+        grounding = knowledge.ground("How much is a basic tune-up?")
+        assert grounding.standing and grounding.sources[0] == "services.csv"
+        assert grounding.instruction in system and grounding.tokens == knowledge.standing()[1]
+        messages = grounding.apply([{"role": "system", "content": "You are Sam."},
+                                    {"role": "user", "content": "How much is a basic tune-up?"}])
+        assert messages[0]["content"] == system and messages[1]["content"] == "How much is a basic tune-up?"
+        # The check still holds the reply to the passages this question retrieved.
+        assert grounding.check("A basic tune-up is $45.") == "A basic tune-up is $45."
+        assert grounding.check("A basic tune-up is $39.") != "A basic tune-up is $39."
+        # A changed folder changes the standing facts at the next sync.
+        (shop / "contact.txt").write_text((shop / "contact.txt").read_text().replace("555-0142", "555-0199"))
+        knowledge.index.sync()
+        assert "555-0199" in knowledge.system_prompt("You are Sam.")
+        # A folder over the limit goes back to passages in each turn.
+        knowledge.cfg.standing_tokens = 50
+        (shop / "extra.txt").write_text("Winter storage costs $60 a season.")
+        knowledge.index.sync()
+        assert knowledge.standing() is None and not knowledge.ground("winter storage").standing
+        assert "Price: $45" not in knowledge.system_prompt("You are Sam.")
+    finally:
+        knowledge.close()
+
+
 # -- retrieval ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("question, source", [
     ("When do you close on Saturday?", "opening-hours.md"),

@@ -82,12 +82,29 @@ async def test_invented_price_is_not_spoken_shown_or_remembered(grounded):
     assert deltas(wire).strip() == end["reply"]  # the chat never showed the invented price
     assert "35" not in end["heard"]
     assert rt.memory.history(session_id=session.session_id)[-1].heard_text == end["reply"]
-    # the passages and the instruction reached the model; the question is the user's own
+    # The folder is small: it reached the model whole, in the system prompt (cached with it), with the
+    # instruction; the user message is the question alone, so the turn evaluates no passage tokens.
     prompt = llm.prompts[-1]
     assert "Never guess" in prompt[0]["content"]
-    assert prompt[-1]["content"].startswith("Facts from the documents:")
-    assert prompt[-1]["content"].endswith("Question: How much is a bike helmet?")
+    assert "[services.csv] Service: Basic tune-up; Price: $45" in prompt[0]["content"]
+    assert "[中文服务.md]" in prompt[0]["content"]
+    assert prompt[-1]["content"] == "How much is a bike helmet?"
     assert session.conversation.history[-1].user_text == "How much is a bike helmet?"
+
+
+async def test_a_folder_too_large_to_stand_gets_passages_in_each_turn(grounded, tmp_path):
+    llm = WordLLM("A basic tune-up is $45.")
+    knowledge = {"path": str(tmp_path / "shop"), "poll_s": 0.0, "standing_tokens": 100}
+    rt, session, wire, tts = grounded(llm, {"knowledge": knowledge})
+    assert rt.knowledge.standing() is None
+    end = await ask(session, wire, "How much is a basic tune-up?")
+    assert end["reply"] == "A basic tune-up is $45."
+    prompt = llm.prompts[-1]
+    assert "Never guess" in prompt[0]["content"] and "Price: $45" not in prompt[0]["content"]
+    assert prompt[-1]["content"].startswith("Facts from the documents:")
+    assert "[services.csv] Service: Basic tune-up; Price: $45" in prompt[-1]["content"]
+    assert prompt[-1]["content"].endswith("Question: How much is a basic tune-up?")
+    assert session.conversation.history[-1].user_text == "How much is a basic tune-up?"
 
 
 async def test_supported_answer_passes_and_names_its_sources(grounded):

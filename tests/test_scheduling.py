@@ -189,6 +189,20 @@ async def test_runtime_routes_sessions_through_fair_turns(tmp_path):
         assert "".join(pieces).strip() == "hi there" and llm.conversations == ["s1"]
         speech = np.ones(16000, np.float32) * 0.1
         assert await rt.transcribe(speech, kind="final", session="s1")  # FixedASR's text
+        assert await rt.transcribe(speech, kind="partial", session="s1")  # an idle machine: partials run
+        # Another session's reply being generated: a partial would take its CPU, so it is skipped.
+        replying = asyncio.Event()
+
+        async def reply():
+            async with rt.llm_queue.turn("s2"):
+                await replying.wait()
+
+        generating = asyncio.create_task(reply())
+        await _settle()
+        assert await rt.transcribe(speech, kind="partial", session="s1") is None
+        assert await rt.transcribe(speech, kind="final", session="s1")
+        replying.set()
+        await generating
         # Both ASR turns busy: a partial is skipped, a final waits, and goes when its session does.
         hold = asyncio.Event()
 

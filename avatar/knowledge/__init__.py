@@ -32,6 +32,7 @@ class Knowledge:
         self.language = language
         self.persona_text = persona_text
         self.watcher: Watcher | None = None
+        self._standing: tuple[int, tuple[str, int] | None] | None = None  # (index version, standing())
 
     @classmethod
     def open(cls, config, *, count_tokens: Callable[[str], int] = approx_tokens,
@@ -52,6 +53,13 @@ class Knowledge:
             progress(f"knowledge: WARNING: {error}")
         if files == 0:
             progress(f"knowledge: WARNING: no .md, .txt, .html, .csv or .pdf file in {index.root} yet")
+        standing = knowledge.standing()
+        if standing:
+            progress(f"knowledge: the whole folder ({standing[1]} tokens) goes into the system prompt, cached "
+                     "per conversation; each turn still retrieves its sources")
+        elif files:
+            progress(f"knowledge: the best {cfg.top_k} passages go into each turn's prompt (the folder is larger "
+                     f"than knowledge.standing_tokens = {cfg.standing_tokens})")
         if watch:
             knowledge.watcher = Watcher(index, cfg.poll_s).start()
         return knowledge
@@ -60,9 +68,32 @@ class Knowledge:
     def phone(self) -> str:
         return self.cfg.phone or self.index.contact_phone()
 
+    def standing(self) -> tuple[str, int] | None:
+        """(every passage rendered, its tokens) when the folder fits ``standing_tokens``, else None.
+
+        A small folder goes into the system prompt whole: the system prompt is the part of every prompt
+        that each conversation's LLM slot keeps cached (and the warm-up puts into every slot), so a turn
+        evaluates no passage tokens at all. Passages in each turn's message cost 60-300 prompt tokens a
+        turn, 0.75-1.04 s of voice-to-voice p50 on 2 cores (BENCHMARKS.md). Recomputed when the folder
+        changes; the next turn of each conversation then evaluates the new system prompt once."""
+        version = self.index.version
+        if self._standing is None or self._standing[0] != version:
+            limit, result = self.cfg.standing_tokens, None
+            if limit > 0:
+                rendered = [p.render() for p in self.index.all_passages()]
+                # The cheap estimate first: a large folder is never sent to the tokenizer whole.
+                if rendered and sum(approx_tokens(r) for r in rendered) <= 2 * limit:
+                    text = "\n".join(rendered)
+                    tokens = self.count_tokens(text)
+                    result = (text, tokens) if tokens <= limit else None
+            self._standing = (version, result)
+        return self._standing[1]
+
     def system_prompt(self, base: str) -> str:
-        """The persona's prompt with the standing instruction to answer from the documents."""
-        return f"{base}\n\n{instruction(self.phone)}"
+        """The persona's prompt with the standing instruction to answer from the documents (and, for a
+        small folder, the documents themselves)."""
+        standing = self.standing()
+        return f"{base}\n\n{instruction(self.phone, standing[0] if standing else '')}"
 
     def ground(self, user_text: str, history=()) -> Grounding:
         """Retrieve and prepare one turn's grounding; synchronous, a few milliseconds (BENCHMARKS.md)."""
@@ -70,7 +101,7 @@ class Knowledge:
         return make_grounding(self.index, user_text, history=history, top_k=cfg.top_k,
                               budget_tokens=cfg.budget_tokens, check=cfg.check, phone=self.phone,
                               language=self.language, count_tokens=self.count_tokens,
-                              persona_text=self.persona_text)
+                              persona_text=self.persona_text, standing=self.standing())
 
     def close(self) -> None:
         if self.watcher is not None:

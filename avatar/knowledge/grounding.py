@@ -27,6 +27,13 @@ INSTRUCTION = (
     "If the facts do not answer the question, say that you do not know{offer}. Never guess a price, a "
     "time, a name or a policy."
 )
+# The same rules when the whole folder is in the system prompt (Knowledge.standing): small folders.
+STANDING = (
+    "Below are facts from the documents of the business you work for. Answer questions about the "
+    "business only from those facts, and repeat their numbers, prices, times and names exactly. If the "
+    "facts do not answer the question, say that you do not know{offer}. Never guess a price, a time, a "
+    "name or a policy.\n\nFacts from the documents:\n{facts}"
+)
 FALLBACK = {
     "en": ("I'm sorry, I don't have that information. You can call us at {phone}.",
            "I'm sorry, I don't have that information; please ask a member of staff."),
@@ -44,8 +51,11 @@ def language_of(text: str, default: str = "en") -> str:
     return "zh" if _CJK.search(text) else (default if default in FALLBACK else "en")
 
 
-def instruction(phone: str) -> str:
-    return INSTRUCTION.format(offer=f" and that they can call {phone}" if phone else "")
+def instruction(phone: str, standing: str = "") -> str:
+    """The system prompt's knowledge instruction; with ``standing`` (every passage, rendered), the whole
+    folder follows it and turns carry no facts of their own."""
+    offer = f" and that they can call {phone}" if phone else ""
+    return STANDING.format(offer=offer, facts=standing) if standing else INSTRUCTION.format(offer=offer)
 
 
 @dataclass
@@ -61,6 +71,7 @@ class Grounding:
     flagged: list[Specific] = field(default_factory=list)  # what the check found unsupported
     replaced: bool = False
     instruction: str = ""  # added to the system prompt (constant for a knowledge base)
+    standing: bool = False  # every passage is in the instruction: the user message gets no facts
 
     @property
     def sources(self) -> list[str]:
@@ -79,7 +90,7 @@ class Grounding:
         out = [dict(m) for m in messages]
         if out and out[0]["role"] == "system" and self.instruction and self.instruction not in out[0]["content"]:
             out[0]["content"] = f"{out[0]['content']}\n\n{self.instruction}"
-        if not self.passages and not self.topic_gaps and not query_terms(self.user_text):
+        if self.standing or (not self.passages and not self.topic_gaps and not query_terms(self.user_text)):
             return out
         for message in reversed(out):
             if message["role"] == "user":
@@ -108,10 +119,12 @@ class Grounding:
 
 
 def make_grounding(index, user_text: str, *, history=(), top_k: int, budget_tokens: int, check: bool,
-                   phone: str, language: str, count_tokens: Callable[[str], int], persona_text: str = ""
-                   ) -> Grounding:
+                   phone: str, language: str, count_tokens: Callable[[str], int], persona_text: str = "",
+                   standing: tuple[str, int] | None = None) -> Grounding:
     """Retrieve the passages for ``user_text`` (a short follow-up also searches with the previous
-    question: "and on Saturdays?") and build the turn's grounding within ``budget_tokens``."""
+    question: "and on Saturdays?") and build the turn's grounding within ``budget_tokens``. With
+    ``standing`` (the whole folder rendered, and its tokens) the folder is in the system prompt instead;
+    the retrieved passages then name the sources and bound what the check accepts."""
     last = history[-1] if history else None
     query = user_text
     # One or two content words ("and on Saturdays?") continue the last question; none ("Thanks!") is small
@@ -129,7 +142,11 @@ def make_grounding(index, user_text: str, *, history=(), top_k: int, budget_toke
     lang = language_of(user_text, language)
     with_phone, without = FALLBACK[lang]
     fallback = with_phone.format(phone=phone) if phone else without
-    grounding = Grounding(user_text, chosen, fallback, tokens=used, instruction=instruction(phone))
+    if standing:
+        grounding = Grounding(user_text, chosen, fallback, tokens=standing[1],
+                              instruction=instruction(phone, standing[0]), standing=True)
+    else:
+        grounding = Grounding(user_text, chosen, fallback, tokens=used, instruction=instruction(phone))
     if check:
         earlier = f"{last.heard_text}" if last is not None else ""  # already checked when it was spoken
         # The persona's prompt is the operator's own text too (a show file's catalogue and prices).

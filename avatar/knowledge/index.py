@@ -107,6 +107,7 @@ class KnowledgeIndex:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)", (settings,))
                 self._db.execute("COMMIT")
         self._contact: str | None = None
+        self.version = 0  # counts the syncs that changed the index (cached views of it compare this)
 
     def close(self) -> None:
         with self._lock:
@@ -158,6 +159,7 @@ class KnowledgeIndex:
             (report.changed if rel in known else report.added).append(rel)
         if report.touched:
             self._contact = None
+            self.version += 1
         return report
 
     def _write(self, rel: str, stamp: tuple[int, int] | None, rows: list[tuple[str, str]], error: str | None):
@@ -207,6 +209,12 @@ class KnowledgeIndex:
             found = (m.group().strip() for title, text in rows for m in PHONE.finditer(f"{title} {text}"))
             self._contact = next((n for n in found if sum(c.isdigit() for c in n) >= 7), "")
         return self._contact
+
+    def all_passages(self) -> list[Passage]:
+        """Every passage, file by file in path order, each file's in document order."""
+        with self._lock:
+            rows = self._db.execute("SELECT source, title, text FROM passages ORDER BY source, rowid").fetchall()
+        return [Passage(*row) for row in rows]
 
     def files(self) -> list[FileInfo]:
         with self._lock:
