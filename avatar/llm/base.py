@@ -64,30 +64,14 @@ def lower_thread_priority(nice: int) -> None:
         pass
 
 
+
 def prime_slots(llm, messages: list[dict]) -> int:
-    """Evaluate ``messages`` (the system prompt every conversation starts with) into each of ``llm``'s
-    parallel slots, so that no conversation starts in a cold one; returns how many were primed.
-
-    A conversation that starts in a cold slot evaluates the whole system prompt before its first token:
-    with four people arriving at once, three of them did, and their first replies took 6.9-7.7 s instead
-    of 1.6-3.6 s (`avatar bench --sessions 1,4`, 2-core AMD EPYC, 2026-12-02). Distinct conversations land
-    in distinct slots, and forgetting them leaves the slots free for newcomers. Backends without slots
-    (no ``forget``) are primed once."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    forget = getattr(llm, "forget", None)
-    slots = max(1, int(getattr(llm, "max_concurrent", 1) or 1)) if forget is not None else 1
-
-    def prime(i: int) -> None:
-        for _ in llm.stream_chat(messages, max_tokens=1, temperature=0.0, cancel=threading.Event(),
-                                 conversation=f"warm-up-{i}"):
-            pass
-
-    try:
-        with ThreadPoolExecutor(slots, thread_name_prefix="warm-up") as pool:
-            for done in [pool.submit(prime, i) for i in range(slots)]:
-                done.result()
-    finally:
-        for i in range(slots if forget is not None else 0):
-            forget(f"warm-up-{i}")
-    return slots
+    """Evaluate ``messages`` (the system prompt every conversation starts with) before the first user:
+    into every slot of a backend that keeps slots (its own ``prime_slots``), else once. Returns how many
+    slots were primed."""
+    own = getattr(llm, "prime_slots", None)
+    if own is not None:
+        return own(messages)
+    for _ in llm.stream_chat(messages, max_tokens=1, temperature=0.0, cancel=threading.Event()):
+        pass
+    return 1
