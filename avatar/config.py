@@ -113,6 +113,10 @@ class ASRConfig:
     # still run when speech ends and the final transcription (on the critical path) starts.
     partial_interval_ms: int = 1500
     cpu_threads: int = 2
+    # Whisper's input window (seconds) for utterances that fit it with 2 s to spare; longer ones, and a
+    # multilingual model whose language is not set, use Whisper's 30 s. 0: always 30 s. A 15 s window
+    # costs a third of the 30 s one (avatar/asr/faster_whisper.py, BENCHMARKS.md).
+    window_s: int = 15
 
 
 @dataclass
