@@ -62,6 +62,7 @@ class FaceAnimator:
         self.quality = int(quality)
         self.renderer = renderer if renderer is not None else create_renderer(face)
         self._idle = IdleMotion(seed) if idle else None
+        self._seed = seed
         self._speech_options = dict(speech_options or {})
         self._speech: list[_Speech] = []
         self._lock = threading.Lock()
@@ -170,18 +171,53 @@ class FaceAnimator:
         return all(abs(now[name] - last[1][name]) <= tol for name, tol in STILL_TOLERANCE.items())
 
     def jpeg_at(self, position: int) -> bytes:
-        """``frame_at`` encoded as JPEG (quality ``quality``)."""
+        """``frame_at`` encoded as JPEG (quality ``quality``).
+
+        A resting frame (no speech on the face) comes from the face's shared cache when any session has
+        rendered that point of the idle loop before: the idle motion repeats every ``IdleMotion.period``,
+        so a face at rest has a few hundred distinct frames, whatever the number of sessions. Four
+        sessions rendering their resting faces took a quarter of the 2-core machine and made four people
+        talking at once wait 3.7-5.1 s (p95) for a reply against 2.6 s with video off (issue 10,
+        BENCHMARKS.md)."""
         import cv2
 
         last = self._last_jpeg
         if last is not None and last[0] == position:
             return last[1]
-        ok, buf = cv2.imencode(".jpg", self.frame_at(position), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:  # pragma: no cover - cv2 always encodes a valid uint8 image
-            raise RuntimeError("JPEG encoding failed")
-        data = buf.tobytes()
+        key = self._resting_key(position)
+        cache = self._resting_jpegs
+        data = cache.get(key) if key is not None else None
+        if data is not None:
+            self._last_controls = (position, self.controls_at(position))
+        else:
+            ok, buf = cv2.imencode(".jpg", self.frame_at(position), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+            if not ok:  # pragma: no cover - cv2 always encodes a valid uint8 image
+                raise RuntimeError("JPEG encoding failed")
+            data = buf.tobytes()
+            if key is not None:
+                cache[key] = data
         self._last_jpeg = (position, data)
         return data
+
+    def _resting_key(self, position: int) -> int | None:
+        """The frame's place in the idle loop when the face is at rest there and the position is on the
+        frame grid (``fps`` frames a second from timeline sample 0); None otherwise."""
+        idle = self._idle
+        if idle is None:
+            return None
+        frame = position * self.fps / self.sample_rate
+        index = round(frame)
+        if abs(frame - index) > 0.01 or np.any(self._speech_at(position)):
+            return None
+        return index % round(idle.period * self.fps)
+
+    @property
+    def _resting_jpegs(self) -> dict[int, bytes]:
+        """Resting frames of this face, idle seed, size and quality, shared by every animator of the face
+        (a 30 s loop at 25 fps: at most 750 JPEGs, ~26 MB at 512x512)."""
+        shared = self.face.__dict__.setdefault("_resting_jpegs", {})
+        key = (self._seed, self.fps, self.quality, self.face.size, type(self.renderer).__name__)
+        return shared.setdefault(key, {})
 
     def frame_positions(self, n_samples: int, start: int = 0) -> list[int]:
         """Timeline positions of the frames covering ``n_samples`` from ``start`` (frame i at i/fps)."""
