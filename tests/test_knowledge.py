@@ -373,6 +373,7 @@ def test_kb_commands(shop, tmp_path):
     assert "7 added" in done.stdout and (data / "knowledge.sqlite3").exists()
     done = run_cli("list", "--folder", str(shop), data_dir=data)
     assert "policies.pdf" in done.stdout and "phone offered when an answer is unknown: 555-0142" in done.stdout
+    assert "the whole folder (~" in done.stdout and "goes into the system prompt" in done.stdout
     done = run_cli("search", "how much is the rental deposit", "--json", "--folder", str(shop), data_dir=data)
     result = json.loads(done.stdout)
     assert "policies.pdf" in result["prompt_sources"]

@@ -123,6 +123,13 @@ def cmd_list(args) -> int:
             print(f"{info.path}\t{info.size} bytes\t{state}")
         print(f"{len(files)} files, {index.count()} passages; phone offered when an answer is unknown: "
               f"{config.knowledge.phone or index.contact_phone() or '(none found)'}")
+        from avatar.knowledge import Knowledge
+
+        standing = Knowledge(index, config.knowledge).standing()
+        cfg = config.knowledge
+        print(f"the whole folder (~{standing[1]} tokens) goes into the system prompt, cached per conversation"
+              if standing else f"each turn's best {cfg.top_k} passages go into its prompt (the folder is larger "
+                               f"than knowledge.standing_tokens = {cfg.standing_tokens})")
         return 0
     finally:
         index.close()
