@@ -444,28 +444,3 @@ def test_lipsync_phoneme_driven(which, face, heldout_face, meter):
     target = face if which == "astronaut" else heldout_face
     r_min = R_MIN_OPEN_SMILE_PHONEMES if which == "astronaut" else R_MIN
     _check(lipsync_check(target, audio, rate, ph, meter=meter), f"{which} phoneme-driven", r_min)
-
-
-def test_resting_frames_are_rendered_once_and_shared_by_sessions(face):
-    """The idle motion loops, so a resting frame is rendered once per face and point of the loop; every other
-    session (and the same session a loop later) gets the same JPEG without rendering. Speech is rendered."""
-    idle = IdleMotion(seed=0)
-    assert all(idle.at(t) == pytest.approx(idle.at(t + idle.period)) for t in np.arange(0.0, 30.0, 0.37))
-    renders = []
-
-    def counting(animator):
-        real = animator.renderer.render
-        animator.renderer.render = lambda controls: renders.append(1) or real(controls)
-        return animator
-
-    a = counting(FaceAnimator(face, fps=25, sample_rate=SR))
-    b = counting(FaceAnimator(face, fps=25, sample_rate=SR))
-    step = SR // 25
-    first = [a.jpeg_at(i * step) for i in range(10)]
-    rendered = len(renders)
-    loop = round(idle.period * 25) * step
-    assert [b.jpeg_at(loop + i * step) for i in range(10)] == first  # another session, a loop later
-    assert len(renders) == rendered and b.unchanged(loop + 9 * step)  # nothing rendered; skipping still works
-    b.add_speech(loop + 20 * step, np.full(SR // 2, 8000, np.int16), phonemes("a m a m", step=0.1))
-    speaking = b.jpeg_at(loop + 25 * step)
-    assert len(renders) == rendered + 1 and speaking != a.jpeg_at(25 * step)
