@@ -117,6 +117,7 @@ class XLlamaCppLLM:
         starter.start()
         starter.join()
         if "error" in box:
+            shutil.rmtree(self._slot_files, ignore_errors=True)
             raise ModelMissingError(f"cannot load GGUF model {self.path}: {box['error']}") from None
         self.server = box["server"]
         self._url = self.server.listening_address.rstrip("/")
