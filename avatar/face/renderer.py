@@ -15,7 +15,7 @@ How a ``WarpRenderer`` frame is made (see prepare.py for the cached fields):
    fields), giving per-column curves: upper lip, lower lip and the edge between the two fields.
 3. On the coarse grid the fields are mixed and composed with the head pose, then one ``cv2.resize``
    gives the per-pixel map. Around the mouth (sharp lip edge) and the eyes (blinks: a per-column eyelid
-   stretch) the map is recomputed exactly per pixel. One bicubic ``cv2.remap`` warps the head region;
+   stretch) the map is recomputed exactly per pixel. One bilinear ``cv2.remap`` warps the head region;
    outside it the frame is the portrait, byte for byte.
 4. Where the lips part wider than in the photo, the mouth cavity is drawn between them with analytic
    anti-aliased edges: a dark, shaded interior, a hint of upper teeth, tongue and lower teeth when wide.
@@ -69,8 +69,7 @@ class _FaceData:
 
     def __init__(self, face: PreparedFace):
         self.face = face
-        x0, y0, x1, y1 = face.roi
-        self.roi = (x0, y0, x1, y1)
+        self.roi = x0, y0, x1, y1 = face.roi
         self.step = step = face.grid_step
         self.off = (step - 1) / 2
         self.names = list(face.bases)
@@ -83,8 +82,7 @@ class _FaceData:
         self.cgx = (x0 + self.off + step * np.arange(gw, dtype=np.float32))[None, :].repeat(gh, 0)
         self.cgy = (y0 + self.off + step * np.arange(gh, dtype=np.float32))[:, None].repeat(gw, 1)
         self.cgrid = np.dstack([self.cgx, self.cgy])
-        h, w = y1 - y0, x1 - x0
-        self.hw = (h, w)
+        self.hw = (y1 - y0, x1 - x0)
         self.identity = np.dstack(np.meshgrid(np.arange(x0, x1, dtype=np.float32),
                                               np.arange(y0, y1, dtype=np.float32)))
         pts = face.landmarks[:, :2].astype(np.float64)
@@ -99,8 +97,7 @@ class _FaceData:
         gap[gap < 1.0] = 0.0
         self.rest_frac, self.rest_gap = fr, gap
         self.pivots = list(lm.JAW_LINE_ENDS)
-        img = face.image
-        self.image = img
+        self.image = img = face.image
         # Lighting of the face, for the synthetic mouth interior.
         cheek = pts[[50, 280, 205, 425]].astype(int)
         samples = np.array([img[max(0, y - 3):y + 4, max(0, x - 3):x + 4].reshape(-1, 3).mean(0) for x, y in cheek])
@@ -179,7 +176,9 @@ def face_data(face: PreparedFace) -> _FaceData:
 class WarpRenderer:
     """CPU renderer: mesh-driven dense warp + synthetic mouth interior. Thread-safe; cheap to create."""
 
-    def __init__(self, face: PreparedFace, *, interpolation: str = "cubic"):
+    # Bilinear: the head's remap (470x375) took 4.5 ms bicubic, 1.0 ms bilinear (2-core AMD EPYC, 2026-12-02);
+    # the two frames differ by 47.8 dB PSNR, less than the JPEG sent loses (39.3 dB at quality 80).
+    def __init__(self, face: PreparedFace, *, interpolation: str = "linear"):
         import cv2
 
         self.face = face
@@ -443,8 +442,8 @@ class WarpRenderer:
 
 def create_renderer(face: PreparedFace, backend: str = "warp", **options) -> Renderer:
     """A renderer for ``face``. Backends: "warp" (CPU, default)."""
-    if backend == "warp":
-        return WarpRenderer(face, **options)
     from avatar.errors import ConfigError
 
+    if backend == "warp":
+        return WarpRenderer(face, **options)
     raise ConfigError(f"unknown face renderer {backend!r}; available: warp")
