@@ -144,6 +144,9 @@ class LLMConfig:
     draft_model: str = ""
     max_tokens: int = 160
     temperature: float = 0.6
+    # While another session's reply waits for its first words, a reply this many seconds of speech ahead
+    # of its listener pauses (xllamacpp; avatar/pacing.py). 0: replies never pause.
+    hold_ahead_s: float = 4.0
 
 
 @dataclass

@@ -21,6 +21,7 @@ from avatar.config import Config
 from avatar.errors import StageError
 from avatar.llm.base import lower_thread_priority, prime_slots
 from avatar.memory import MemoryStore
+from avatar.pacing import ReplyPacing
 from avatar.scheduling import FairQueue, SessionGone
 from avatar.threads import iterate_in_thread
 
@@ -71,6 +72,7 @@ class Services:
         self.tts_queue = FairQueue(TTS_THREADS)
         llm = getattr(self.models, "llm", None)
         self.llm_queue = FairQueue(max(1, int(getattr(llm, "max_concurrent", 1))))
+        self.pacing = ReplyPacing(self.config.llm.hold_ahead_s)  # replies not yet speaking go first
         self._token_cache: dict[str, int] = {}
         self._token_lock = threading.Lock()
         self.faults: list = []  # avatar.faults.Fault, only when AVATAR_FAULTS was set at start-up
@@ -252,12 +254,14 @@ class Services:
         if forget is not None:
             forget(session)
 
-    async def stream_chat(self, messages: list[dict], cancel: threading.Event, *,
-                          session: str = "") -> AsyncIterator[str]:
+    async def stream_chat(self, messages: list[dict], cancel: threading.Event, *, session: str = "",
+                          hold: Callable[[], bool] | None = None) -> AsyncIterator[str]:
         cfg = self.config.llm
-        make = lambda: self.models.llm.stream_chat(  # noqa: E731
+        llm = self.models.llm
+        options = {"hold": hold} if hold is not None and getattr(llm, "can_pause", False) else {}
+        make = lambda: llm.stream_chat(  # noqa: E731
             messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, cancel=cancel,
-            conversation=session or None)
+            conversation=session or None, **options)
         finished = False
         # Sessions beyond the model's parallel slots queue here, in turn. Waiting is not a hang, so the
         # stage timeouts start only once this reply has a slot; a long wait is reported in the log.

@@ -24,6 +24,7 @@ from avatar.errors import AvatarError, StageError
 from avatar.events import (LATENCY_STAGES, ErrorRaised, Event, Interrupted, ReplyDelta, StateChanged, TurnEnded,
                            TurnStarted)
 from avatar.memory import Turn
+from avatar.pacing import speech_seconds
 from avatar.prompt import PromptWindow, build_prompt
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class TurnState:
     cancel: threading.Event = field(default_factory=threading.Event)
     held: list[Callable[[], None]] = field(default_factory=list)  # output kept back until release
     reply: str = ""
+    written: str = ""  # what the LLM wrote so far (before the knowledge check)
     spans: list[tuple[int, int, str]] = field(default_factory=list)  # audio on the timeline + its text
     first_audio_position: int | None = None
     marks: dict[str, float] = field(default_factory=dict)  # stage -> monotonic time of its first output
@@ -165,6 +167,7 @@ class TurnRunner:
 
     async def _run(self, turn: TurnState) -> None:
         services = self.services
+        paced = None
         try:
             grounding = None
             if turn.line is not None:
@@ -175,7 +178,9 @@ class TurnRunner:
                     grounding = services.knowledge.ground(turn.about or turn.user_text, self.conversation.history)
                     turn.sources = grounding.sources
                 messages = self._prompt(turn.user_text, grounding)
-                pieces = services.stream_chat(messages, turn.cancel, session=self.conversation.session_id)
+                paced = services.pacing.reply(lambda: self._ahead_s(turn))
+                pieces = services.stream_chat(messages, turn.cancel, session=self.conversation.session_id,
+                                              hold=paced.hold)
             clauses: asyncio.Queue[str | None] = asyncio.Queue()
             speaker = asyncio.create_task(self._speak(turn, clauses))
             splitter = ClauseSplitter()
@@ -189,11 +194,14 @@ class TurnRunner:
                     turn.reply += clause + " "
                     self._emit(turn, lambda c=clause: self.emit(ReplyDelta(turn.turn_id, c + " ")))
                 turn.mark("first_clause")
+                if paced is not None:
+                    paced.started()
                 clauses.put_nowait(clause)
 
             try:
                 async for piece in pieces:
                     turn.mark("llm_first_token")
+                    turn.written += piece
                     if grounding is None:
                         turn.reply += piece
                         self._emit(turn, lambda p=piece: self.emit(ReplyDelta(turn.turn_id, p)))
@@ -216,6 +224,15 @@ class TurnRunner:
                 self._finish(turn, interrupted=True)
             elif self.turn is turn:
                 self.turn = None
+        finally:
+            if paced is not None:
+                paced.started()  # a reply that ended before its first clause waits no more
+
+    def _ahead_s(self, turn: TurnState) -> float:
+        """Seconds of the reply written but not heard yet (avatar.pacing; asked from the LLM's thread)."""
+        start = turn.first_audio_position
+        heard = 0.0 if start is None else max(0, self.timeline.clock() - start) / self.timeline.rate
+        return speech_seconds(turn.written) - heard
 
     async def _speak(self, turn: TurnState, clauses: asyncio.Queue) -> None:
         while (clause := await clauses.get()) is not None:

@@ -4,6 +4,7 @@ conversation, the model tiers."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -137,3 +138,31 @@ def test_warm_up_primes_every_slot_with_the_system_prompt(qwen):
         timings = qwen.last_timings[name]
         assert timings["cache_n"] >= system_tokens, (name, timings)
         assert timings["prompt_n"] < system_tokens / 2, (name, timings)
+
+
+def test_a_paused_reply_goes_on_where_it_stopped(qwen):
+    """avatar.pacing pauses a reply that is far ahead of its listener: the request stops, the slot is
+    kept, and the reply goes on as a continuation of the same assistant message, from the slot's cache."""
+    prompt = [SYSTEM, {"role": "user", "content": "Count from one to twenty in digits, separated by commas."}]
+    whole = "".join(qwen.stream_chat(prompt, max_tokens=40, temperature=0.0, conversation="moon"))
+    assert whole.startswith("1,2,3,4,5,6,7,8,9,10")
+    asked = 0
+    pause_until = 0.0
+
+    def hold() -> bool:
+        nonlocal asked, pause_until
+        asked += 1
+        if asked == 8:  # pause after the eighth token, for a quarter of a second
+            pause_until = time.monotonic() + 0.25
+        return time.monotonic() < pause_until
+
+    t0 = time.monotonic()
+    pieces = list(qwen.stream_chat(prompt, max_tokens=40, temperature=0.0, conversation="moon", hold=hold))
+    assert time.monotonic() - t0 >= 0.25
+    assert asked > 8  # asked again while paused, then before each later token
+    # Temperature 0: the same count, none of it lost or repeated. (A continuation re-reads the last
+    # token as part of a batch, whose rounding differs: on a near tie, prose may take another turn.)
+    assert "".join(pieces) == whole
+    timings = qwen.last_timings["moon"]  # the continuation's request
+    assert timings["cache_n"] > 20 and timings["prompt_n"] <= 4, timings
+    assert len(pieces) <= 40

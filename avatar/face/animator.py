@@ -140,13 +140,14 @@ class FaceAnimator:
             out += v
         return out
 
-    def controls_at(self, position: int) -> dict[str, float]:
-        """The control dict (see avatar.face.controls) for the frame shown at timeline sample ``position``."""
+    def controls_at(self, position: int, speech: np.ndarray | None = None) -> dict[str, float]:
+        """The control dict (see avatar.face.controls) for the frame shown at timeline sample ``position``
+        (``speech``: ``_speech_at(position)`` when the caller has it already)."""
         t = position / self.sample_rate
         c = neutral()
         if self._idle is not None:
             c.update(self._idle.at(t))
-        v = self._speech_at(position)
+        v = self._speech_at(position) if speech is None else speech
         for i, name in enumerate(CHANNELS):
             c[name] = c.get(name, 0.0) + float(v[i])
         for name, value in c.items():
@@ -184,13 +185,15 @@ class FaceAnimator:
         last = self._last_jpeg
         if last is not None and last[0] == position:
             return last[1]
-        key = self._resting_key(position)
+        speech = self._speech_at(position)
+        controls = self.controls_at(position, speech)
+        self._last_controls = (position, controls)
+        key = self._resting_key(position, speech)
         cache = self._resting_jpegs
         data = cache.get(key) if key is not None else None
-        if data is not None:
-            self._last_controls = (position, self.controls_at(position))
-        else:
-            ok, buf = cv2.imencode(".jpg", self.frame_at(position), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if data is None:
+            frame = self.renderer.render(controls)
+            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             if not ok:  # pragma: no cover - cv2 always encodes a valid uint8 image
                 raise RuntimeError("JPEG encoding failed")
             data = buf.tobytes()
@@ -199,15 +202,16 @@ class FaceAnimator:
         self._last_jpeg = (position, data)
         return data
 
-    def _resting_key(self, position: int) -> int | None:
-        """The frame's place in the idle loop when the face is at rest there and the position is on the
-        frame grid (``fps`` frames a second from timeline sample 0); None otherwise."""
+    def _resting_key(self, position: int, speech: np.ndarray) -> int | None:
+        """The frame's place in the idle loop when the face is at rest there (``speech``, its speech
+        controls, all zero) and the position is on the frame grid (``fps`` frames a second from timeline
+        sample 0); None otherwise."""
         idle = self._idle
         if idle is None:
             return None
         frame = position * self.fps / self.sample_rate
         index = round(frame)
-        if abs(frame - index) > 0.01 or np.any(self._speech_at(position)):
+        if abs(frame - index) > 0.01 or np.any(speech):
             return None
         return index % round(idle.period * self.fps)
 

@@ -22,7 +22,6 @@ class IdleMotion:
                  head_amplitude: float = 1.0, period: float = LOOP_S):
         rng = np.random.default_rng(seed)
         blink_rng = np.random.default_rng(rng.integers(1 << 62))
-        self.blink_interval = blink_interval
         self.period = float(period)
         # Blink starts within one period; the last one ends before the period does, so the loop is seamless.
         lo, hi = blink_interval

@@ -53,13 +53,8 @@ class Knowledge:
             progress(f"knowledge: WARNING: {error}")
         if files == 0:
             progress(f"knowledge: WARNING: no .md, .txt, .html, .csv or .pdf file in {index.root} yet")
-        standing = knowledge.standing()
-        if standing:
-            progress(f"knowledge: the whole folder ({standing[1]} tokens) goes into the system prompt, cached "
-                     "per conversation; each turn still retrieves its sources")
-        elif files:
-            progress(f"knowledge: the best {cfg.top_k} passages go into each turn's prompt (the folder is larger "
-                     f"than knowledge.standing_tokens = {cfg.standing_tokens})")
+        if files:
+            progress(f"knowledge: {knowledge.describe_mode()}")
         if watch:
             knowledge.watcher = Watcher(index, cfg.poll_s).start()
         return knowledge
@@ -88,6 +83,16 @@ class Knowledge:
                     result = (text, tokens) if tokens <= limit else None
             self._standing = (version, result)
         return self._standing[1]
+
+    def describe_mode(self) -> str:
+        """For the operator (start-up log, ``avatar kb list``): where the passages go in the prompt."""
+        standing, cfg = self.standing(), self.cfg
+        if standing:
+            return (f"the whole folder (~{standing[1]} tokens) goes into the system prompt, cached per "
+                    "conversation; each turn still retrieves its sources")
+        why = ("the folder is larger than" if cfg.standing_tokens > 0 else "a standing folder is off:")
+        return (f"each turn's best {cfg.top_k} passages go into its prompt ({why} "
+                f"knowledge.standing_tokens = {cfg.standing_tokens})")
 
     def system_prompt(self, base: str) -> str:
         """The persona's prompt with the standing instruction to answer from the documents (and, for a

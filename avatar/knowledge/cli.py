@@ -125,11 +125,7 @@ def cmd_list(args) -> int:
               f"{config.knowledge.phone or index.contact_phone() or '(none found)'}")
         from avatar.knowledge import Knowledge
 
-        standing = Knowledge(index, config.knowledge).standing()
-        cfg = config.knowledge
-        print(f"the whole folder (~{standing[1]} tokens) goes into the system prompt, cached per conversation"
-              if standing else f"each turn's best {cfg.top_k} passages go into its prompt (the folder is larger "
-                               f"than knowledge.standing_tokens = {cfg.standing_tokens})")
+        print(Knowledge(index, config.knowledge).describe_mode())
         return 0
     finally:
         index.close()

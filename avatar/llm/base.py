@@ -30,6 +30,9 @@ class ChatLLM(Protocol):
         that a barge-in frees the model within one token's time. ``conversation`` is a stable id of the
         conversation (the session): a backend that keeps a prompt cache per conversation uses it so that
         the next turn evaluates only the new messages; others ignore it.
+
+        A backend whose ``can_pause`` is True also takes ``hold``, a callable asked before each token:
+        while it returns True the reply pauses and keeps its place (avatar.pacing).
         """
 
     def forget(self, conversation: str) -> None:

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from avatar.config import LLMConfig
 from avatar.errors import ConfigError, ModelMissingError, StageError
@@ -57,11 +57,14 @@ CACHE_RAM_MIB = 0
 # they are evaluating). A request still inside llama.cpp when the interpreter finalises crashes it
 # (SIGSEGV on exit, seen with SIGTERM during a reply).
 CLOSE_WAIT_S = 10.0
+HOLD_POLL_S = 0.05  # how often a paused reply asks whether to go on
 _END = object()
 
 
 class XLlamaCppLLM:
     """One llama.cpp server per process, shared by every session; ``slots`` replies generate at once."""
+
+    can_pause = True  # stream_chat takes ``hold`` (avatar.pacing)
 
     def __init__(self, cfg: LLMConfig):
         try:
@@ -213,7 +216,11 @@ class XLlamaCppLLM:
         temperature: float = 0.7,
         cancel: threading.Event | None = None,
         conversation: str | None = None,
+        hold: Callable[[], bool] | None = None,
     ) -> Iterator[str]:
+        """``hold`` (see avatar.pacing): asked before each token; while it says True the reply pauses, its
+        slot kept. It goes on as a continuation of the same assistant message: the slot's cache covers
+        all of it, so going on evaluates one token."""
         if self._closing.is_set():
             raise StageError("the language model is shutting down")
         acquired = self._slots.acquire(conversation, cancel)
@@ -225,17 +232,39 @@ class XLlamaCppLLM:
         items: queue.Queue = queue.Queue()
         stop = threading.Event()  # the reader is gone: stop generating at the next token
 
-        def on_chunk(chunk: dict) -> bool:
-            items.put(chunk)
-            # True: llama.cpp stops this request
+        def stopped() -> bool:
             return stop.is_set() or self._closing.is_set() or (cancel is not None and cancel.is_set())
 
-        body = {"messages": plain_messages(messages), "stream": True, "max_tokens": max_tokens,
-                "temperature": temperature, "id_slot": slot, "cache_prompt": True}
-
         def generate() -> None:
+            written, left = "", max_tokens
             try:
-                self.server.handle_chat_completions(body, on_chunk)
+                while left > 0:
+                    paused = finished = False
+
+                    def on_chunk(chunk: dict) -> bool:  # True: llama.cpp stops this request
+                        nonlocal written, left, paused, finished
+                        items.put(chunk)
+                        for choice in chunk.get("choices") or ():
+                            piece = (choice.get("delta") or {}).get("content")
+                            if piece:
+                                written += piece
+                                left -= 1
+                            finished = finished or choice.get("finish_reason") is not None
+                        if stopped():
+                            return True
+                        paused = hold is not None and not finished and hold()
+                        return paused
+
+                    prompt = messages + [{"role": "assistant", "content": written}] if written else messages
+                    self.server.handle_chat_completions(
+                        {"messages": plain_messages(prompt), "stream": True, "max_tokens": left,
+                         "temperature": temperature, "id_slot": slot, "cache_prompt": True}, on_chunk)
+                    if not paused or finished:
+                        return
+                    while hold() and not stopped():
+                        time.sleep(HOLD_POLL_S)
+                    if stopped():
+                        return
             except BaseException as exc:  # noqa: BLE001 - handed to the reader
                 items.put(exc)
             finally:
