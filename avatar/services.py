@@ -36,6 +36,9 @@ LLM_NICE = 5  # added to the niceness of LLM threads (Linux: per thread): a 3:1 
 # Transcriptions by urgency: the final one is on the critical path; a speculative one (at the first silent
 # frame) may become it; partials are only shown while the user speaks.
 ASR_KINDS = ("final", "speculative", "partial")
+# A reply's first clause is what its listener waits for; later clauses are already behind speech that
+# plays for seconds, so they wait for it (as avatar.pacing lets replies not yet speaking go first).
+TTS_KINDS = ("first", "later")
 LLM_WAIT_REPORT_S = 1.0  # a session that waits longer than this for the language model is logged
 # One sentence nearly as long as the longest clause the reply splitter hands to TTS (avatar.clauses, max_chars
 # 220): the memory TTS needs grows with the sentence.
@@ -69,7 +72,7 @@ class Services:
         # Fair turns between sessions on each shared stage (avatar.scheduling), one turn per worker thread;
         # the language model's turns are its parallel slots.
         self.asr_queue = FairQueue(ASR_THREADS, ASR_KINDS)
-        self.tts_queue = FairQueue(TTS_THREADS)
+        self.tts_queue = FairQueue(TTS_THREADS, TTS_KINDS)
         llm = getattr(self.models, "llm", None)
         self.llm_queue = FairQueue(max(1, int(getattr(llm, "max_concurrent", 1))))
         self.pacing = ReplyPacing(self.config.llm.hold_ahead_s)  # replies not yet speaking go first
@@ -283,7 +286,10 @@ class Services:
         except SessionGone:
             return
 
-    async def synthesize(self, text: str, cancel: threading.Event, *, session: str = "") -> AsyncIterator:
+    async def synthesize(self, text: str, cancel: threading.Event, *, session: str = "",
+                         first: bool = False) -> AsyncIterator:
+        """Speech chunks for ``text``; ``first``: a reply's first clause, synthesised before others' later
+        clauses."""
         def chunks():
             for chunk in self.models.tts.synthesize(text):
                 yield chunk
@@ -291,7 +297,7 @@ class Services:
                     return
 
         try:
-            async with self.tts_queue.turn(session):
+            async with self.tts_queue.turn(session, TTS_KINDS[0] if first else TTS_KINDS[1]):
                 if cancel.is_set():
                     return
                 async for chunk in _with_timeouts(iterate_in_thread(chunks, self.tts_pool), self.config.limits,

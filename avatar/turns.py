@@ -235,10 +235,13 @@ class TurnRunner:
         return speech_seconds(turn.written) - heard
 
     async def _speak(self, turn: TurnState, clauses: asyncio.Queue) -> None:
+        first = True
         while (clause := await clauses.get()) is not None:
-            async for chunk in self.services.synthesize(clause, turn.cancel, session=self.conversation.session_id):
+            async for chunk in self.services.synthesize(clause, turn.cancel, session=self.conversation.session_id,
+                                                        first=first):
                 turn.mark("tts_first_audio")
                 self._emit(turn, lambda c=chunk: self._place(turn, c))
+            first = False
 
     def _place(self, turn: TurnState, chunk) -> None:
         if turn.finished or turn.cancel.is_set():

@@ -222,3 +222,52 @@ async def test_runtime_routes_sessions_through_fair_turns(tmp_path):
         await asyncio.gather(*holders)
     finally:
         rt.close()
+
+
+async def test_a_first_clause_is_synthesised_before_other_replies_later_clauses(tmp_path):
+    from avatar.config import Config
+    from avatar.memory import MemoryStore
+    from avatar.services import Services
+    from tests.fakes import ToneTTS, fake_models
+
+    started: list[str] = []
+    gate = threading.Event()
+
+    class GatedTTS(ToneTTS):
+        def synthesize(self, text):
+            started.append(text)
+            gate.wait(10)
+            yield from super().synthesize(text)
+
+    rt = Services(Config(), fake_models(tts=GatedTTS()), MemoryStore(tmp_path / "m.sqlite3"))
+    try:
+        holds = [asyncio.Event() for _ in range(rt.tts_queue.capacity)]
+
+        async def occupy(hold):
+            async with rt.tts_queue.turn("busy", "later"):
+                await hold.wait()
+
+        holders = [asyncio.create_task(occupy(h)) for h in holds]
+        await _settle()
+
+        async def say(text: str, session: str, first: bool) -> None:
+            async for _ in rt.synthesize(text, threading.Event(), session=session, first=first):
+                pass
+
+        later = asyncio.create_task(say("and then some more", "speaking", False))
+        await _settle()
+        first = asyncio.create_task(say("Hello!", "starting", True))
+        await _settle()
+        assert rt.tts_queue.queued == 2
+        holds[0].set()  # one turn frees up: the first clause, queued last, takes it
+        await _settle()
+        assert rt.tts_queue.queued_for("speaking") == 1 and rt.tts_queue.queued_for("starting") == 0
+        gate.set()
+        await asyncio.wait_for(first, 10)
+        for hold in holds:
+            hold.set()
+        await asyncio.gather(*holders, later)
+        assert started == ["Hello!", "and then some more"]
+    finally:
+        gate.set()
+        rt.close()
