@@ -231,10 +231,16 @@ def test_tts_chunks_and_phoneme_timings(tts):
 
 
 def test_tts_to_asr_round_trip(tts, asr):
+    # Piper's voice is random (its noise scales): no two syntheses are the same, and tiny.en now and then
+    # hears "weather" as "water" (once in a full test run on 2026-12-02; 0 of 16 syntheses alone). Two tries.
     text = "The weather is sunny today, and I am happy to see you."
-    audio = np.concatenate([c.audio for c in tts.synthesize(text)]).astype(np.float32) / 32768
-    heard = asr.transcribe(resample(audio, tts.sample_rate, 16000)).text
-    assert not words_in(heard, "weather", "sunny", "today", "happy"), heard
+    heard = []
+    for _ in range(2):
+        audio = np.concatenate([c.audio for c in tts.synthesize(text)]).astype(np.float32) / 32768
+        heard.append(asr.transcribe(resample(audio, tts.sample_rate, 16000)).text)
+        if not words_in(heard[-1], "weather", "sunny", "today", "happy"):
+            break
+    assert not words_in(heard[-1], "weather", "sunny", "today", "happy"), heard
 
 
 # ---- OpenAI-compatible HTTP backend against a local SSE server ------------------------------------
