@@ -76,6 +76,7 @@ class Services:
         llm = getattr(self.models, "llm", None)
         self.llm_queue = FairQueue(max(1, int(getattr(llm, "max_concurrent", 1))))
         self.pacing = ReplyPacing(self.config.llm.hold_ahead_s)  # replies not yet speaking go first
+        self._primed: str | None = None  # the system prompt last put into every LLM slot
         self._token_cache: dict[str, int] = {}
         self._token_lock = threading.Lock()
         self.faults: list = []  # avatar.faults.Fault, only when AVATAR_FAULTS was set at start-up
@@ -116,6 +117,8 @@ class Services:
             # xllamacpp tokenizer is a 3 ms localhost round trip per text (BENCHMARKS.md: estimate vs count).
             knowledge = Knowledge.open(config, progress=progress)
         runtime = cls(config, models, memory, faces, knowledge)
+        if knowledge is not None and knowledge.watcher is not None:
+            knowledge.watcher.on_change = runtime._knowledge_changed
         if config.server.warm_up:
             runtime.warm_up(progress)
         if injected:
@@ -133,8 +136,6 @@ class Services:
         cache that every new conversation starts with, and memory pools (onnxruntime's arena, CTranslate2's
         buffers, glibc's per-thread heaps) reach their working size now, so resident memory stays flat in
         service."""
-        from avatar.prompt import build_prompt
-
         t0 = time.monotonic()
         models, config = self.models, self.config
         language = config.persona.language or None
@@ -158,15 +159,41 @@ class Services:
             for f in [self.render_pool.submit(lambda: [animator.jpeg_at(p) for p in frames])
                       for _ in range(RENDER_THREADS)]:
                 f.result()
-        system = config.system_prompt if self.knowledge is None else self.knowledge.system_prompt(config.system_prompt)
-        messages = build_prompt(system, [], "Hello!", count_tokens=models.llm.count_tokens,
-                                budget_tokens=models.llm.context_tokens, max_turns=0)
+        messages = self._first_prompt()
         slots = "LLM"
         try:
             slots = f"LLM ({prime_slots(models.llm, messages)} slots)"
+            self._primed = messages[0]["content"]
         except Exception as exc:  # noqa: BLE001 - e.g. a remote LLM server not up yet: say so, serve anyway
             progress(f"WARNING: the LLM did not answer a warm-up prompt ({exc}); replies will fail until it does")
         progress(f"warmed up ASR, TTS, {slots} and the face renderer in {time.monotonic() - t0:.1f} s")
+
+    def _first_prompt(self) -> list[dict]:
+        """How every conversation's prompt starts (the system prompt, with a standing knowledge folder), and
+        a greeting: what the warm-up evaluates into every LLM slot."""
+        from avatar.prompt import build_prompt
+
+        config, llm = self.config, self.models.llm
+        system = config.system_prompt if self.knowledge is None else self.knowledge.system_prompt(config.system_prompt)
+        return build_prompt(system, [], "Hello!", count_tokens=llm.count_tokens, budget_tokens=llm.context_tokens,
+                            max_turns=0)
+
+    def _knowledge_changed(self, report) -> None:
+        """The knowledge folder changed (the watcher's thread). When that changed the system prompt (a
+        folder standing in it), the new one goes into the LLM slots free now, so that the next turns do
+        not each evaluate it (10 s for the test folder on 2 cores, BENCHMARKS.md)."""
+        reprime = getattr(self.models.llm, "reprime_free_slots", None)
+        messages = self._first_prompt()
+        if reprime is None or messages[0]["content"] == self._primed:
+            return
+        t0 = time.monotonic()
+        try:
+            primed = reprime(messages)
+        except Exception as exc:  # noqa: BLE001 - the turns evaluate it themselves, as without this
+            log.warning("knowledge: could not put the new system prompt into the LLM's slots: %s", exc)
+            return
+        self._primed = messages[0]["content"]
+        log.info("knowledge: the new system prompt is in %d free LLM slots (%.1f s)", primed, time.monotonic() - t0)
 
     def close(self) -> None:
         if self.faults:

@@ -168,3 +168,39 @@ async def test_default_model_answers_from_the_documents(grounded, default_llm):
     end = await ask(session, wire, "What is your phone number?", timeout=120)
     assert re.search(r"555.?0142", end["reply"]), end["reply"]
     assert "contact.txt" in end["sources"]
+
+
+class PrimingLLM(WordLLM):
+    """Records the system prompts put into its slots."""
+
+    def __init__(self):
+        super().__init__()
+        self.primed: list[str] = []
+
+    def reprime_free_slots(self, messages):
+        self.primed.append(messages[0]["content"])
+        return 2
+
+
+def test_an_edited_standing_folder_goes_into_the_llm_slots_once(tmp_path):
+    from avatar.memory import MemoryStore
+    from avatar.services import Services
+
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "hours.md").write_text("# Opening hours\n\nWe open at 9 am on weekdays.\n", encoding="utf-8")
+    config = load_config(None, {"server": {"data_dir": str(tmp_path)}, "knowledge": {"path": str(folder)}})
+    knowledge = Knowledge.open(config, watch=False)
+    llm = PrimingLLM()
+    runtime = Services(config, fake_models(llm=llm), MemoryStore(tmp_path / "m.sqlite3"), knowledge=knowledge)
+    try:
+        runtime._knowledge_changed(None)  # no warm-up ran: the folder's prompt was never primed
+        assert len(llm.primed) == 1 and "9 am" in llm.primed[0]
+        runtime._knowledge_changed(None)
+        assert len(llm.primed) == 1  # the system prompt did not change: nothing to do
+        (folder / "hours.md").write_text("# Opening hours\n\nWe open at 10 am on weekdays.\n", encoding="utf-8")
+        runtime._knowledge_changed(knowledge.index.sync())
+        assert len(llm.primed) == 2 and "10 am" in llm.primed[1] and "9 am" not in llm.primed[1]
+    finally:
+        runtime.close()
+        knowledge.close()

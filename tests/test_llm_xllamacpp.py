@@ -166,3 +166,20 @@ def test_a_paused_reply_goes_on_where_it_stopped(qwen):
     timings = qwen.last_timings["moon"]  # the continuation's request
     assert timings["cache_n"] > 20 and timings["prompt_n"] <= 4, timings
     assert len(pieces) <= 40
+
+
+def test_a_new_system_prompt_goes_into_the_free_slots(qwen):
+    """A knowledge folder standing in the system prompt was edited: the new prompt is evaluated once and
+    copied into every free slot, so a conversation's next turn evaluates only its own messages."""
+    facts = " ".join(f"Fact {i}: the shop sells {i + 2} kinds of bell." for i in range(30))
+    system = {"role": "system", "content": f"You are Sam. Answer in one short sentence. {facts}"}
+    busy = qwen._slots.acquire("someone")  # a conversation generating: its slot is left alone
+    assert busy is not None
+    try:
+        assert qwen.reprime_free_slots([system, {"role": "user", "content": "Hello!"}]) == len(qwen._slots) - 1
+    finally:
+        qwen._slots.release(busy[0])
+    list(qwen.stream_chat([system, {"role": "user", "content": "How many kinds of bell?"}], max_tokens=8,
+                          temperature=0.0, conversation="newcomer"))
+    timings = qwen.last_timings["newcomer"]
+    assert timings["cache_n"] > 300 and timings["prompt_n"] < 30, timings

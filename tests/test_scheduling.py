@@ -271,3 +271,24 @@ async def test_a_first_clause_is_synthesised_before_other_replies_later_clauses(
     finally:
         gate.set()
         rt.close()
+
+
+def test_background_work_takes_only_free_slots_and_never_ahead_of_a_waiter():
+    table = SlotTable(3)
+    first = table.acquire("a")
+    assert first is not None
+    taken = table.take_free()
+    assert sorted(taken) == sorted({0, 1, 2} - {first[0]})
+    assert table.take_free() == []  # all busy now
+    for slot in taken:
+        table.release(slot)
+    # "a" comes back while its slot is busy: it waits for that slot although two others are free, and
+    # background work then takes none (it would not delay "a", but it never competes with a waiter).
+    again = threading.Thread(target=table.acquire, args=("a",))
+    again.start()
+    time.sleep(0.2)
+    assert table.waiting == 1 and table.take_free() == []
+    table.release(first[0])
+    again.join(5)
+    assert not again.is_alive() and table.waiting == 0
+    assert len(table.take_free()) == 2

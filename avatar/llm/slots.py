@@ -84,6 +84,17 @@ class SlotTable:
             return unowned[0]
         return min(free, key=lambda i: self._slots[i].last_used)
 
+    def take_free(self) -> list[int]:
+        """Every slot free now, marked busy (their owners kept), unless someone waits for a slot: then
+        none. For background work that must never delay a conversation (``release`` each when done)."""
+        with self._cond:
+            if self._waiting:
+                return []
+            free = [i for i, s in enumerate(self._slots) if not s.busy]
+            for i in free:
+                self._slots[i].busy = True
+            return free
+
     def release(self, index: int) -> None:
         with self._cond:
             slot = self._slots[index]

@@ -171,22 +171,48 @@ class XLlamaCppLLM:
             # Every slot, the primed one first (its conversation's own): the others cannot take it.
             for i in range(len(self._slots)):
                 held.append(self._slots.acquire(f"warm-up-{i}"))
-            first = held[0][0]
-            name = f"prime-{secrets.token_hex(4)}.bin"
-            try:
-                self._post(f"/slots/{first}?action=save", {"filename": name})
-                for slot, _ in held[1:]:
-                    self._post(f"/slots/{slot}?action=restore", {"filename": name})
-            except (OSError, ValueError) as exc:
-                raise StageError(f"the LLM could not copy the system prompt between slots: {exc}") from None
-            finally:
-                (Path(self._slot_files) / name).unlink(missing_ok=True)
+            self._copy_slot(held[0][0], [slot for slot, _ in held[1:]])
         finally:
             for slot, _ in held:
                 self._slots.release(slot)
             for i in range(len(self._slots)):
                 self._slots.forget(f"warm-up-{i}")
         return len(self._slots)
+
+    def reprime_free_slots(self, messages: list[dict]) -> int:
+        """``prime_slots`` again after the system prompt changed (a knowledge folder standing in it was
+        edited), in the slots free now; returns how many. A busy slot's conversation evaluates the new
+        prompt at its next turn, and nobody waiting for a slot is kept waiting: with a waiter, nothing
+        is primed. Blocking (seconds: a whole system prompt is evaluated once): run it off the event loop."""
+        taken = self._slots.take_free()
+        if not taken:
+            return 0
+        me = threading.current_thread()
+        self._running.add(me)
+        try:
+            if self._closing.is_set():
+                return 0
+            body = {"messages": plain_messages(messages), "stream": True, "max_tokens": 1, "temperature": 0.0,
+                    "id_slot": taken[0], "cache_prompt": True}
+            self.server.handle_chat_completions(body, lambda chunk: self._closing.is_set())
+            self._copy_slot(taken[0], taken[1:])
+            return len(taken)
+        finally:
+            self._running.discard(me)
+            for slot in taken:
+                self._slots.release(slot)
+
+    def _copy_slot(self, source: int, targets: list[int]) -> None:
+        """The KV cache of slot ``source`` into each of ``targets`` (all held by the caller)."""
+        name = f"prime-{secrets.token_hex(4)}.bin"
+        try:
+            self._post(f"/slots/{source}?action=save", {"filename": name})
+            for slot in targets:
+                self._post(f"/slots/{slot}?action=restore", {"filename": name})
+        except (OSError, ValueError) as exc:
+            raise StageError(f"the LLM could not copy the system prompt between slots: {exc}") from None
+        finally:
+            (Path(self._slot_files) / name).unlink(missing_ok=True)
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` with special tokens parsed (as a chat template's text is)."""
