@@ -3,14 +3,13 @@
 The model generates several conversations' replies at once (xllamacpp's slots), and on a small CPU each
 extra reply in the batch slows every other one. A reply that is already being spoken needs only to stay
 ahead of its playback (speech uses about 3 tokens a second), while a reply that has not said its first
-words yet is what a user is waiting for. So while some reply that has its LLM slot waits for its first
-clause, a reply already ``hold_ahead_s`` of speech ahead of what its listener has heard pauses, and goes
-on once it is down to ``resume_ahead_s`` or nobody waits any more (the backend stops the request and
-later continues the same assistant message; the slot keeps its cache, so going on costs one token's
-evaluation).
+words yet is what a user is waiting for. So while some reply waits for its first clause, a reply that is
+already ``hold_ahead_s`` of speech ahead of what its listener has heard pauses, and goes on once it is
+down to ``resume_ahead_s`` or nobody waits any more (the backend stops the request and later continues
+the same assistant message; the slot keeps its cache, so going on costs one token's evaluation).
 
-``ReplyPacing`` is shared by every session (``Services.pacing``); ``ReplyPacing.reply`` makes one reply's
-``PacedReply``, whose ``hold`` callable ``Services.stream_chat`` passes to ``ChatLLM.stream_chat``.
+``ReplyPacing`` is shared by every session (``Services.pacing``); ``ReplyPacing.reply`` gives one reply
+the ``hold`` callable it passes to ``ChatLLM.stream_chat``.
 """
 
 from __future__ import annotations
@@ -43,37 +42,32 @@ class ReplyPacing:
 
     @property
     def starting(self) -> int:
-        """Replies generating that have not produced their first clause yet."""
+        """Replies asked for that have not produced their first clause yet."""
         return self._starting
 
     def reply(self, ahead_s: Callable[[], float]) -> "PacedReply":
-        """A reply is asked for. ``ahead_s()``: how many seconds of its speech are written but not heard."""
+        """A reply starts. ``ahead_s()``: how many seconds of its speech are written but not yet heard."""
+        with self._lock:
+            self._starting += 1
         return PacedReply(self, ahead_s)
 
-    def _count(self, delta: int) -> None:
+    def _started(self) -> None:
         with self._lock:
-            self._starting += delta
+            self._starting -= 1
 
 
 class PacedReply:
     def __init__(self, pacing: ReplyPacing, ahead_s: Callable[[], float]):
         self._pacing = pacing
         self._ahead_s = ahead_s
-        self._state = "asked"  # -> "generating" (counted as starting) -> "spoken"
+        self._starting = True
         self._paused = False
-
-    def generating(self) -> None:
-        """The reply got its LLM slot and waits for its first clause: others may pause for it now. (A reply
-        still queued for a slot does not count: a reply that paused for it would keep its slot longer.)"""
-        if self._state == "asked":
-            self._state = "generating"
-            self._pacing._count(+1)
 
     def started(self) -> None:
         """The reply said its first clause, or ended without one (idempotent)."""
-        if self._state == "generating":
-            self._pacing._count(-1)
-        self._state = "spoken"
+        if self._starting:
+            self._starting = False
+            self._pacing._started()
 
     @property
     def hold(self) -> Callable[[], bool] | None:
@@ -84,7 +78,7 @@ class PacedReply:
         """True while the reply should pause: it has spoken, it is far enough ahead of its listener, and
         another reply waits for its first words."""
         pacing = self._pacing
-        if self._state != "spoken" or pacing.starting <= 0:
+        if self._starting or pacing.starting <= 0:
             self._paused = False
         else:
             limit = pacing.resume_ahead_s if self._paused else pacing.hold_ahead_s

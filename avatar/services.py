@@ -21,7 +21,7 @@ from avatar.config import Config
 from avatar.errors import StageError
 from avatar.llm.base import lower_thread_priority, prime_slots
 from avatar.memory import MemoryStore
-from avatar.pacing import PacedReply, ReplyPacing
+from avatar.pacing import ReplyPacing
 from avatar.scheduling import FairQueue, SessionGone
 from avatar.threads import iterate_in_thread
 
@@ -285,11 +285,9 @@ class Services:
             forget(session)
 
     async def stream_chat(self, messages: list[dict], cancel: threading.Event, *, session: str = "",
-                          paced: PacedReply | None = None) -> AsyncIterator[str]:
-        """The reply's text pieces; ``paced`` (avatar.pacing) lets it pause while others start."""
+                          hold: Callable[[], bool] | None = None) -> AsyncIterator[str]:
         cfg = self.config.llm
         llm = self.models.llm
-        hold = paced.hold if paced is not None else None
         options = {"hold": hold} if hold is not None and getattr(llm, "can_pause", False) else {}
         make = lambda: llm.stream_chat(  # noqa: E731
             messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, cancel=cancel,
@@ -304,8 +302,6 @@ class Services:
                              session[:8], waited, self.llm_queue.running, self.llm_queue.queued)
                 if cancel.is_set():  # barged in while waiting
                     return
-                if paced is not None:
-                    paced.generating()
                 try:
                     async for piece in _with_timeouts(iterate_in_thread(make, self.llm_pool), self.config.limits,
                                                       "the language model", cancel):

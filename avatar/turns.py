@@ -180,7 +180,7 @@ class TurnRunner:
                 messages = self._prompt(turn.user_text, grounding)
                 paced = services.pacing.reply(lambda: self._ahead_s(turn))
                 pieces = services.stream_chat(messages, turn.cancel, session=self.conversation.session_id,
-                                              paced=paced)
+                                              hold=paced.hold)
             clauses: asyncio.Queue[str | None] = asyncio.Queue()
             speaker = asyncio.create_task(self._speak(turn, clauses))
             splitter = ClauseSplitter()
