@@ -206,7 +206,8 @@ def test_talk_wav_in_mandarin_through_a_real_server(server_factory, tmp_path):
     transcript, reply = summary["transcript"], summary["reply"]
     print("transcript", transcript, "reply", reply, "latency", summary["latency_ms"])
     assert cer(QUESTION, transcript) <= CER_MAX, transcript
-    assert cjk(reply) >= 4 and cjk(reply) >= 0.5 * len(re.sub(r"[\W\d_]+", "", reply)), reply
+    # A Chinese reply, however short: "价格：80元" (3 characters and a number) was one answer of the sampled model.
+    assert cjk(reply) >= 3 and cjk(reply) >= 0.5 * len(re.sub(r"[\W\d_]+", "", reply)), reply
     assert summary["audio_seconds"] > 0.5 and out.stat().st_size > 44 + 2 * 22050 * 0.5
     assert isinstance(summary["latency_ms"]["voice_to_voice"], float)
 
