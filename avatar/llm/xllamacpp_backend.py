@@ -47,12 +47,6 @@ NICE = 5
 # gets. With 256 MiB allowed, the 30-minute 4-client soak's resident memory grew ~20 MB a minute in
 # malloc arenas (+9% by minute 9; a saved 2,500-token prompt of the 0.5B model is ~60 MB).
 CACHE_RAM_MIB = 0
-# On the CPU flash attention is off: llama.cpp's "auto" turns it on, and its CPU kernel is the slower one
-# for this model. Six turns after a 1,085-token system prompt (the 0.5B, one thread, 2-core AMD EPYC,
-# 2026-12-02, twice each): prompt evaluation 33.8-34.6 ms a token with it, 25.3 without; generation
-# 59.6-60.8 against 55.7-56.1 ms a token. With a 121-token system prompt: 22.3-22.6 against 21.2-21.5 and
-# 49.3-50.3 against 47.3-47.8. So a knowledge folder in the system prompt costs far less per token without
-# it. CUDA keeps "auto".
 # At exit, how long running generations get to stop (they stop at their next token, or after the prompt
 # they are evaluating). A request still inside llama.cpp when the interpreter finalises crashes it
 # (SIGSEGV on exit, seen with SIGTERM during a reply).
@@ -99,6 +93,12 @@ class XLlamaCppLLM:
         params.cpuparams.n_threads = cfg.n_threads
         params.cpuparams_batch.n_threads = max(cfg.n_threads, cfg.n_threads_batch)
         params.n_gpu_layers = cfg.gpu_layers if gpu else 0
+        # On the CPU flash attention is off: llama.cpp's "auto" turns it on, and its CPU kernel is the slower one
+        # for this model. Six turns after a 1,085-token system prompt (the 0.5B, one thread, 2-core AMD EPYC,
+        # 2026-12-02, twice each): prompt evaluation 33.8-34.6 ms a token with it, 25.3 without; generation
+        # 59.6-60.8 against 55.7-56.1 ms a token. With a 121-token system prompt: 22.3-22.6 against 21.2-21.5 and
+        # 49.3-50.3 against 47.3-47.8. So a knowledge folder in the system prompt costs far less per token without
+        # it. CUDA keeps "auto".
         if not gpu:
             params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
         if cfg.draft_model:
