@@ -158,6 +158,7 @@ class Listener:
         elif kind == "resume":
             self.policy.went_on(self._pause_ms)
             self._pause_ms = 0.0
+            self._cancel_asking()  # its answer is about a pause that is over
             if self._speculation is not None:
                 self._speculation.cancel()
                 self._speculation = None
@@ -198,9 +199,15 @@ class Listener:
         silence, so the answer is ready when the real silence gets there (the model takes 40-150 ms)."""
         if self.detector is None or self._utterance is None:
             return
+        self._cancel_asking()  # still about an earlier pause
         ask_after = self.services.config.turn.ask_after_ms
         silence = np.zeros(int(ask_after * INPUT_SAMPLE_RATE / 1000), np.float32)
         self._asking = self._ask(np.concatenate([self._utterance_audio(), silence]), ask_after)
+
+    def _cancel_asking(self) -> None:
+        if self._asking is not None and not self._asking.done():
+            self._asking.cancel()  # a question still waiting for the model leaves its queue
+        self._asking = None
 
     def _maybe_ask_turn_end(self) -> None:
         """While paused: ask again every ``ask_every_ms`` once the early answer has been weighed."""
@@ -215,7 +222,7 @@ class Listener:
         pause = self._pause
 
         async def ask() -> None:
-            probability = await self.services.turn_end_probability(audio)
+            probability = await self.services.turn_end_probability(audio, session=self.session_id)
             if probability is None:
                 return  # the model failed: the silence rule decides
             while pause == self._pause and self.endpointer.paused and self._utterance is not None:

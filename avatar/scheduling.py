@@ -8,7 +8,9 @@ instead of 1.2 s, and their transcriptions ran on for 23 s after they disconnect
 - within a kind, sessions take turns round-robin, so one session's backlog never delays another's
   next job by more than one job per other session;
 - a session's queued jobs are dropped when it goes (``forget``), and a waiter whose task is cancelled (a
-  dropped speculation) leaves the queue at once.
+  dropped speculation) leaves the queue at once;
+- ``reserved`` turns are kept for the most urgent kind: a job already running cannot be stopped, so
+  without a free turn a final transcription waited for other sessions' speculative ones to finish.
 
 Runs on the event loop (no locks): ``async with queue.turn(session, kind): ...``. Waiting here is not a
 hang, so callers start their stage timeouts only once they hold a turn.
@@ -28,14 +30,18 @@ class SessionGone(Exception):
 
 
 class FairQueue:
-    def __init__(self, capacity: int, kinds: tuple[str, ...] = ("default",)):
+    def __init__(self, capacity: int, kinds: tuple[str, ...] = ("default",), reserved: int = 0):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if not 0 <= reserved < capacity:
+            raise ValueError(f"reserved must leave a turn for the other kinds: 0 <= {reserved} < {capacity}")
         self.capacity = capacity
         self.kinds = kinds  # most urgent first
+        self.reserved = reserved  # turns only the most urgent kind may take
         # kind -> session -> its waiting jobs, oldest first; the session order is the round-robin order
         self._queues: dict[str, OrderedDict[str, deque[asyncio.Future]]] = {k: OrderedDict() for k in kinds}
         self.running = 0
+        self._running_others = 0  # turns held by jobs of the less urgent kinds
 
     @property
     def queued(self) -> int:
@@ -59,17 +65,17 @@ class FairQueue:
         self._queues[kind].setdefault(session, deque()).append(grant)
         self._dispatch()
         try:
-            await grant
+            granted_kind = await grant  # promote may have changed it while it waited
         except BaseException:
             if grant.done() and not grant.cancelled() and grant.exception() is None:
-                self._release()  # granted just as the waiter was cancelled: hand the turn on
+                self._release(grant.result())  # granted just as the waiter was cancelled: hand the turn on
             else:
                 self._withdraw(kind, session, grant)
             raise
         try:
             yield time.monotonic() - started
         finally:
-            self._release()
+            self._release(granted_kind)
 
     def forget(self, session: str) -> int:
         """Drop every job ``session`` has waiting; returns how many. Their waiters get SessionGone."""
@@ -97,20 +103,26 @@ class FairQueue:
                     del sessions[session]
                 return
 
-    def _release(self) -> None:
+    def _release(self, kind: str) -> None:
         self.running -= 1
+        if kind != self.kinds[0]:
+            self._running_others -= 1
         self._dispatch()
 
     def _dispatch(self) -> None:
         while self.running < self.capacity:
-            grant = self._next()
+            kind, grant = self._next()
             if grant is None:
                 return
             self.running += 1
-            grant.set_result(None)
+            if kind != self.kinds[0]:
+                self._running_others += 1
+            grant.set_result(kind)
 
-    def _next(self) -> asyncio.Future | None:
+    def _next(self) -> tuple[str, asyncio.Future | None]:
         for kind in self.kinds:
+            if kind != self.kinds[0] and self._running_others >= self.capacity - self.reserved:
+                break  # the rest is kept for the most urgent kind
             sessions = self._queues[kind]
             while sessions:
                 session, jobs = sessions.popitem(last=False)  # the session whose turn it is
@@ -118,5 +130,5 @@ class FairQueue:
                 if jobs:
                     sessions[session] = jobs  # back of the line for its next job
                 if not grant.done():
-                    return grant
-        return None
+                    return kind, grant
+        return "", None

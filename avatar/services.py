@@ -67,11 +67,17 @@ class Services:
         self.tts_pool = ThreadPoolExecutor(TTS_THREADS, thread_name_prefix="tts")
         self.render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
         # End-of-turn questions are short (40-60 ms) and on the critical path: their own thread, so they
-        # never wait behind a transcription.
+        # never wait behind a transcription. Sessions take turns at it: three people chattering on pause
+        # every 0.2-1 s, and a fourth one's question waited behind their questions (its turn ended 640 ms
+        # after its speech instead of 240 ms, tests/test_fairness.py).
         self.turn_end_pool = ThreadPoolExecutor(1, thread_name_prefix="turn-end")
+        self.turn_end_queue = FairQueue(1)
         # Fair turns between sessions on each shared stage (avatar.scheduling), one turn per worker thread;
         # the language model's turns are its parallel slots.
-        self.asr_queue = FairQueue(ASR_THREADS, ASR_KINDS)
+        # One recogniser thread is kept for final transcriptions. A speculative one cannot be stopped when
+        # its speaker goes on, so three chattering sessions kept both threads busy with transcriptions
+        # nobody would read, and a fourth session's final one waited 280 ms for a thread (tests/test_fairness.py).
+        self.asr_queue = FairQueue(ASR_THREADS, ASR_KINDS, reserved=1)
         self.tts_queue = FairQueue(TTS_THREADS, TTS_KINDS)
         llm = getattr(self.models, "llm", None)
         self.llm_queue = FairQueue(max(1, int(getattr(llm, "max_concurrent", 1))))
@@ -241,11 +247,8 @@ class Services:
         language = self.config.persona.language or None
         try:
             async with self.asr_queue.turn(session, kind):
-                call = loop.run_in_executor(self.asr_pool, lambda: self.models.asr.transcribe(audio, language=language))
-                try:
-                    result = await asyncio.wait_for(call, self.config.limits.stage_timeout_s)
-                except asyncio.TimeoutError:
-                    raise StageError(f"speech recognition took longer than {self.config.limits.stage_timeout_s:.0f} s")
+                result = await self._in_worker(self.asr_pool, lambda: self.models.asr.transcribe(audio, language=language),
+                                               "speech recognition")
         except SessionGone:
             return None
         return result.text.strip()
@@ -255,19 +258,44 @@ class Services:
         """The end-of-turn model, or None (the silence rule ends turns)."""
         return getattr(self.models, "turn_end", None)
 
-    async def turn_end_probability(self, audio: np.ndarray) -> float | None:
+    async def turn_end_probability(self, audio: np.ndarray, *, session: str = "") -> float | None:
         """How likely the user has finished, from the utterance so far; None when the model failed (the
-        silence rule then decides, so a broken model costs latency, never a turn)."""
+        silence rule then decides, so a broken model costs latency, never a turn) or ``session`` left while
+        the question waited. Cancel a question whose pause is over: one still waiting leaves the queue."""
         model = self.turn_end
         if model is None:
             return None
-        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self.turn_end_pool, model.probability, audio),
-                                          self.config.limits.stage_timeout_s)
+            async with self.turn_end_queue.turn(session):
+                return await self._in_worker(self.turn_end_pool, lambda: model.probability(audio), "end-of-turn model")
+        except SessionGone:
+            return None
         except Exception as exc:  # noqa: BLE001
             log.warning("end-of-turn model failed (%r); the silence rule decides", exc)
             return None
+
+    async def _in_worker(self, pool: ThreadPoolExecutor, work: Callable, what: str):
+        """``work()`` in one of ``pool``'s threads, within ``limits.stage_timeout_s``; called holding a turn
+        of the pool's FairQueue.
+
+        A worker thread cannot be stopped. When the caller is cancelled (a speculation the user talked
+        over, a session that left), the turn is held until the thread is free again: released at once, it
+        let the next job queue inside the pool behind the abandoned one, unseen by the fair order. Three
+        chattering sessions had their dropped speculations running that way, and a fourth session's
+        speculative transcription of 2 s took 913 ms instead of 50-70 ms."""
+        call = asyncio.get_running_loop().run_in_executor(pool, work)
+        call.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, whoever waits
+        timeout = self.config.limits.stage_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.shield(call), timeout)
+        except asyncio.TimeoutError:
+            raise StageError(f"{what} took longer than {timeout:.0f} s") from None
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait_for(asyncio.shield(call), timeout)
+            except BaseException:  # noqa: BLE001 - its result is unwanted; a second cancel ends the wait
+                pass
+            raise
 
     def promote_transcription(self, session: str) -> None:
         """The speech ended: ``session``'s waiting speculative transcription is now the final one."""

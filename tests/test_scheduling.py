@@ -123,6 +123,30 @@ async def test_promote_moves_a_speculation_ahead():
     assert order == ["me", "other"]
 
 
+async def test_a_reserved_turn_keeps_a_final_transcription_from_waiting_for_speculative_ones():
+    queue = FairQueue(2, ("final", "speculative", "partial"), reserved=1)
+    hold = asyncio.Event()
+    running: list[tuple[str, str]] = []
+
+    async def job(session, kind):
+        async with queue.turn(session, kind):
+            running.append((session, kind))
+            await hold.wait()
+
+    chatter = [asyncio.create_task(job(f"noisy{i}", kind))
+               for i, kind in enumerate(["speculative", "speculative", "partial"])]
+    await _settle()
+    assert running == [("noisy0", "speculative")] and queue.queued == 2  # one turn stays free
+    final = asyncio.create_task(job("polite", "final"))
+    await _settle()
+    assert running[-1] == ("polite", "final") and queue.running == 2
+    hold.set()
+    await asyncio.gather(final, *chatter)
+    assert len(running) == 4 and queue.running == 0 and queue.queued == 0
+    with pytest.raises(ValueError):
+        FairQueue(1, ("final", "partial"), reserved=1)  # nothing left for the other kinds
+
+
 def test_slot_table_keeps_a_conversation_on_its_slot():
     table = SlotTable(2)
     a, _ = table.acquire("a")
@@ -292,3 +316,81 @@ def test_background_work_takes_only_free_slots_and_never_ahead_of_a_waiter():
     again.join(5)
     assert not again.is_alive() and table.waiting == 0
     assert len(table.take_free()) == 2
+
+
+async def test_a_cancelled_transcription_keeps_its_turn_until_its_thread_is_free(tmp_path):
+    """A worker thread cannot be stopped: the turn of a speculation the user talked over stays taken while
+    its thread runs on, so the next job waits in the fair order instead of inside the thread pool."""
+    import numpy as np
+
+    from avatar.config import Config
+    from avatar.memory import MemoryStore
+    from avatar.services import Services
+    from tests.fakes import FixedASR, fake_models
+
+    gate = threading.Event()
+
+    class GatedASR(FixedASR):
+        def transcribe(self, audio, *, language=None):
+            gate.wait(10)
+            return super().transcribe(audio, language=language)
+
+    rt = Services(Config(), fake_models(asr=GatedASR(delay=0)), MemoryStore(tmp_path / "m.sqlite3"))
+    try:
+        speech = np.ones(16000, np.float32) * 0.1
+        dropped = asyncio.create_task(rt.transcribe(speech, kind="speculative", session="s1"))
+        await asyncio.sleep(0.1)  # running in its thread
+        dropped.cancel()
+        await asyncio.sleep(0.1)
+        assert not dropped.done() and rt.asr_queue.running == 1
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(dropped, 10)
+        assert rt.asr_queue.running == 0
+        assert await rt.transcribe(speech, kind="final", session="s1") == "hello there"
+    finally:
+        gate.set()
+        rt.close()
+
+
+async def test_end_of_turn_questions_take_turns_and_a_stale_one_leaves_the_queue(tmp_path):
+    import numpy as np
+
+    from avatar.config import Config
+    from avatar.memory import MemoryStore
+    from avatar.services import Services
+    from tests.fakes import fake_models
+
+    gate = threading.Event()
+    asked: list[int] = []
+
+    class GatedTurnModel:
+        def probability(self, audio):
+            asked.append(len(audio))
+            gate.wait(10)
+            return 0.9
+
+    models = fake_models()
+    models.turn_end = GatedTurnModel()
+    rt = Services(Config(), models, MemoryStore(tmp_path / "m.sqlite3"))
+    try:
+        def ask(samples: int, session: str) -> asyncio.Task:
+            return asyncio.create_task(rt.turn_end_probability(np.zeros(samples, np.float32), session=session))
+
+        running = ask(100, "chatty")
+        await asyncio.sleep(0.1)
+        stale = [ask(200 + i, "chatty") for i in range(3)]  # pauses that ended while the model was busy
+        await _settle()
+        polite = ask(300, "polite")
+        await _settle()
+        assert rt.turn_end_queue.queued == 4
+        for task in stale:
+            task.cancel()
+        await _settle()
+        assert rt.turn_end_queue.queued == 1 and rt.turn_end_queue.queued_for("polite") == 1
+        gate.set()
+        assert await asyncio.wait_for(polite, 10) == 0.9 and await running == 0.9
+        assert asked == [100, 300]  # the stale questions were never put to the model
+    finally:
+        gate.set()
+        rt.close()

@@ -4,6 +4,7 @@ rhythm, and the listener's two decisions (complete: answer soon; not yet: keep l
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,39 @@ async def test_a_speaker_who_goes_on_after_a_pause_gets_one_turn(tmp_path):
         assert len(harness.wire.of("turn_start")) == 1
         assert harness.session.listener.policy.pauses  # the first pause taught it the speaker's rhythm
     finally:
+        harness.close()
+
+
+async def test_a_question_about_a_pause_that_is_over_is_withdrawn(tmp_path):
+    """The model is busy (the first question blocks) while the speaker pauses and goes on twice: the
+    question about the second pause is withdrawn before it reaches the model, the last pause's is answered."""
+    gate = threading.Event()
+
+    class SlowTurnModel(FixedTurnModel):
+        def probability(self, audio):
+            if not self.asked:
+                gate.wait(10)
+            return super().probability(audio)
+
+    models = fake_models()
+    models.turn_end = model = SlowTurnModel(0.99)
+    harness = open_harness(tmp_path, models=models, overrides={"turn": {"max_silence_ms": 3000}})
+    try:
+        def pause(seconds: float) -> np.ndarray:
+            return np.zeros(int(seconds * 16000), np.float32)
+
+        await feed(harness.session, np.concatenate([speech_like(0.8), pause(0.3), speech_like(0.5), pause(0.3),
+                                                    speech_like(0.5)]))
+        assert model.asked == []  # the first question still blocks the model
+        gate.set()
+        await feed(harness.session, pause(0.8))
+        await wait_for(lambda: harness.wire.of("turn_start"), 5)  # the last pause's answer ended the turn
+        # The first pause's question (its 0.8 s of speech), then only questions about the last pause (all
+        # 2.4 s of it): none about the second pause (1.6 s).
+        first, *last = model.asked
+        assert first < 1.6 * 16000 and last and all(n >= 2.4 * 16000 for n in last), model.asked
+    finally:
+        gate.set()
         harness.close()
 
 
