@@ -165,13 +165,11 @@ class XLlamaCppLLM:
         instead of 1.6-3.6 s (`avatar bench --sessions 1,4`, 2-core AMD EPYC, 2026-12-02). Evaluating it
         in every slot would cost the start-up one evaluation per slot (a 742-token prompt with a small
         knowledge folder: 10 s each on that machine); a copy takes milliseconds."""
-        list(self.stream_chat(messages, max_tokens=1, temperature=0.0, conversation="warm-up-0"))
         held = []
         try:
-            # Every slot, the primed one first (its conversation's own): the others cannot take it.
             for i in range(len(self._slots)):
                 held.append(self._slots.acquire(f"warm-up-{i}"))
-            self._copy_slot(held[0][0], [slot for slot, _ in held[1:]])
+            self._prime([slot for slot, _ in held], messages)
         finally:
             for slot, _ in held:
                 self._slots.release(slot)
@@ -187,20 +185,38 @@ class XLlamaCppLLM:
         taken = self._slots.take_free()
         if not taken:
             return 0
-        me = threading.current_thread()
-        self._running.add(me)
         try:
-            if self._closing.is_set():
-                return 0
-            body = {"messages": plain_messages(messages), "stream": True, "max_tokens": 1, "temperature": 0.0,
-                    "id_slot": taken[0], "cache_prompt": True}
-            self.server.handle_chat_completions(body, lambda chunk: self._closing.is_set())
-            self._copy_slot(taken[0], taken[1:])
-            return len(taken)
+            return len(taken) if self._prime(taken, messages) else 0
         finally:
-            self._running.discard(me)
             for slot in taken:
                 self._slots.release(slot)
+
+    def _prime(self, slots: list[int], messages: list[dict]) -> bool:
+        """Evaluate ``messages`` in the first of ``slots`` and copy its cache into the others (all held by
+        the caller); False when the backend is closing."""
+        me = threading.current_thread()
+        self._running.add(me)  # close() waits for it
+        try:
+            if self._closing.is_set():
+                return False
+            errors = []
+
+            def on_chunk(chunk: dict) -> bool:  # True: llama.cpp stops
+                if "error" in chunk:
+                    errors.append(chunk["error"])
+                return self._closing.is_set()
+
+            self.server.handle_chat_completions(
+                {"messages": plain_messages(messages), "stream": True, "max_tokens": 1, "temperature": 0.0,
+                 "id_slot": slots[0], "cache_prompt": True}, on_chunk)
+            if errors:
+                raise StageError(f"the LLM could not evaluate the system prompt: {errors[0]}")
+            if self._closing.is_set():
+                return False
+            self._copy_slot(slots[0], slots[1:])
+            return True
+        finally:
+            self._running.discard(me)
 
     def _copy_slot(self, source: int, targets: list[int]) -> None:
         """The KV cache of slot ``source`` into each of ``targets`` (all held by the caller)."""
