@@ -243,7 +243,6 @@ class Services:
         # free and took the CPU from the replies in flight (BENCHMARKS.md, issue 10).
         if kind == "partial" and (self.asr_queue.busy() or self.llm_queue.busy()):
             return None
-        loop = asyncio.get_running_loop()
         language = self.config.persona.language or None
         try:
             async with self.asr_queue.turn(session, kind):
