@@ -139,6 +139,9 @@ class LLMConfig:
     context_tokens: int = 4096  # per conversation
     # xllamacpp: conversations that generate at once, each with its own prompt cache; more sessions queue.
     slots: int = 4
+    # xllamacpp: independent engines of the model sharing the slots, each with n_threads threads
+    # (avatar/llm/engines.py). 0: auto, two on a CPU with two cores or more, one on a GPU.
+    engines: int = 0
     # xllamacpp: a smaller model of the same family that drafts tokens for the main one to check
     # (speculative decoding), e.g. "qwen2.5-0.5b" under "qwen2.5-1.5b"; "" for none. See BENCHMARKS.md.
     draft_model: str = ""

@@ -76,9 +76,22 @@ def resolve_llm(cfg: LLMConfig, progress: Callable[[str], None] = lambda line: N
 def load_llm(cfg: LLMConfig) -> ChatLLM:
     cfg = resolve_llm(cfg)
     if cfg.backend == "xllamacpp":
+        from avatar.llm.engines import EnginePool, engine_count, slot_shares
         from avatar.llm.xllamacpp_backend import XLlamaCppLLM
+        from avatar.tiers import gpu_present
 
-        return XLlamaCppLLM(cfg)
+        count = engine_count(cfg, gpu=cfg.device != "cpu" and gpu_present())
+        if count == 1:
+            return XLlamaCppLLM(cfg)
+        engines = []
+        try:
+            for slots in slot_shares(cfg.slots, count):
+                engines.append(XLlamaCppLLM(dataclasses.replace(cfg, slots=slots)))
+        except BaseException:
+            for engine in engines:
+                engine.close()
+            raise
+        return EnginePool(engines)
     if cfg.backend == "transformers":
         from avatar.llm.transformers_backend import TransformersLLM
 
@@ -133,6 +146,13 @@ def _describe_llm(cfg: LLMConfig) -> str:
         return f"{cfg.model} at {cfg.url}"
     if cfg.backend == "transformers":
         return f"{cfg.model} ({cfg.device})"
+    if cfg.backend == "xllamacpp":
+        from avatar.llm.engines import engine_count
+        from avatar.tiers import gpu_present
+
+        count = engine_count(cfg, gpu=cfg.device != "cpu" and gpu_present())
+        if count > 1:
+            return f"{cfg.model} ({cfg.device}, {count} engines of {cfg.n_threads} thread(s), {cfg.slots} slots)"
     return f"{cfg.model} ({cfg.device}, {cfg.n_threads} threads, {cfg.slots} slots)"
 
 

@@ -246,8 +246,8 @@ class Services:
         language = self.config.persona.language or None
         try:
             async with self.asr_queue.turn(session, kind):
-                result = await self._in_worker(self.asr_pool, lambda: self.models.asr.transcribe(audio, language=language),
-                                               "speech recognition")
+                result = await self._in_worker(
+                    self.asr_pool, lambda: self.models.asr.transcribe(audio, language=language), "speech recognition")
         except SessionGone:
             return None
         return result.text.strip()
@@ -304,7 +304,8 @@ class Services:
         """``session`` went: drop its waiting transcriptions, syntheses and replies (their callers get None or
         an empty stream) and the language model's cache of its conversation. Work already running stops
         through the turn's cancel event. (A dropped speculation needs only its task cancelled.)"""
-        dropped = sum(q.forget(session) for q in (self.asr_queue, self.tts_queue, self.llm_queue))
+        queues = (self.asr_queue, self.tts_queue, self.llm_queue, self.turn_end_queue)
+        dropped = sum(q.forget(session) for q in queues)
         if dropped:
             log.info("session %s: dropped %d queued jobs", session[:8], dropped)
         forget = getattr(self.models.llm, "forget", None)

@@ -20,8 +20,9 @@ QUESTIONS = ["Hi, I am Ada.", "What is two plus two?", "Name a colour.", "Name a
 
 @pytest.fixture(scope="module")
 def qwen():
-    # The real default model and backend; two slots so that two conversations can keep their caches.
-    return load_llm(LLMConfig(model="qwen2.5-0.5b", n_threads=2, context_tokens=2048, slots=2))
+    # The real default model and backend; two slots so that two conversations can keep their caches. One
+    # engine: these tests look at its slots (tests/test_llm_engines.py covers several engines).
+    return load_llm(LLMConfig(model="qwen2.5-0.5b", n_threads=2, context_tokens=2048, slots=2, engines=1))
 
 
 def test_default_backend_is_xllamacpp_and_old_name_still_works():
