@@ -34,3 +34,21 @@ def test_quick_bench_measures_every_figure(tmp_path):
                             f"print_table(json.load(open({str(tmp_path / 'report.json')!r})))"],
                            capture_output=True, text=True)
     assert "voice-to-voice" in table.stdout and "streaming is" in table.stdout
+
+
+def test_every_level_speaks_the_same_recordings():
+    """The p95 ratio between levels must measure the load, not which recordings each level happened to get."""
+    from collections import Counter
+    from pathlib import Path
+
+    from avatar.bench import Utterance, schedule, share
+
+    utterances = [Utterance(f"u{i}", Path(f"u{i}.wav"), "") for i in range(9)]
+    recordings = schedule(utterances, turns=3, busiest=4)
+    assert len(recordings) == 12 and {u.name for u in recordings} == {u.name for u in utterances}
+    spoken = {}
+    for sessions in (1, 2, 4):
+        per_client = share(recordings, sessions)
+        assert {len(c) for c in per_client} == {12 // sessions}
+        spoken[sessions] = Counter(u.name for c in per_client for u in c)
+    assert spoken[1] == spoken[2] == spoken[4]
