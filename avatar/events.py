@@ -85,6 +85,7 @@ class TurnEnded:
     audio_samples: int
     latency_ms: dict[str, float | None] = field(default_factory=dict)  # stage (LATENCY_STAGES) -> ms
     sources: list[str] = field(default_factory=list)  # knowledge files the reply could draw on
+    knowledge_ms: float | None = None  # time in the knowledge base (a duration, not a stage); None: none
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ def to_wire(event: Event) -> list[dict]:
     if isinstance(event, TurnEnded):
         # Latency first: a client may hang up as soon as it sees turn_end.
         return [{"type": "latency", "turn_id": event.turn_id, "source": event.source,
-                 **{f"{stage}_ms": event.latency_ms.get(stage) for stage in LATENCY_STAGES}},
+                 **{f"{stage}_ms": event.latency_ms.get(stage) for stage in LATENCY_STAGES},
+                 "knowledge_ms": event.knowledge_ms},
                 {"type": "turn_end", "turn_id": event.turn_id, "reply": event.reply, "heard": event.heard,
                  "interrupted": event.interrupted, "audio_samples": event.audio_samples, "sources": event.sources}]
     if isinstance(event, ErrorRaised):

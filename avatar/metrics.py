@@ -183,6 +183,9 @@ class ServerMetrics:
         self.errors = r.add(Counter("avatar_errors_total", "Error events sent to clients.", ["code"]))
         self.latency = r.add(Histogram("avatar_stage_latency_seconds", "Time from the end of the user's speech "
                                        "(or a typed text's arrival) to each stage's first output.", ["stage"]))
+        self.knowledge = r.add(Histogram("avatar_knowledge_seconds", "Time a turn spent in the knowledge base: "
+                                         "retrieval before its prompt and the check of its reply clauses.", [],
+                                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)))
         self.frames_sent = r.add(Counter("avatar_video_frames_sent_total", "Video frames sent."))
         self.frames_dropped = r.add(Counter("avatar_video_frames_dropped_total",
                                             "Video frames skipped (late, slow renderer or slow client)."))
@@ -226,6 +229,8 @@ class ServerMetrics:
                 value = event.latency_ms.get(stage)
                 if value is not None:
                     self.latency.observe(value / 1000.0, stage=stage)
+            if event.knowledge_ms is not None:
+                self.knowledge.observe(event.knowledge_ms / 1000.0)
         elif isinstance(event, Interrupted):
             self.interruptions.inc(reason=event.reason)
         elif isinstance(event, ErrorRaised):

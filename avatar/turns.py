@@ -52,6 +52,9 @@ class TurnState:
     # What the knowledge base searches for and checks the reply against, when not user_text: a viewer's
     # own words, not the prompt that quotes them (avatar/live/host.py).
     about: str | None = None
+    # Seconds this turn spent in the knowledge base (retrieval before the prompt, the check of each clause),
+    # all of it on the way to the reply's audio; None without a knowledge base.
+    knowledge_s: float | None = None
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, at if at is not None else time.monotonic())
@@ -175,7 +178,9 @@ class TurnRunner:
             else:
                 # Knowledge (avatar/knowledge/): passages retrieved before the prompt is built.
                 if services.knowledge is not None:
+                    started = time.perf_counter()
                     grounding = services.knowledge.ground(turn.about or turn.user_text, self.conversation.history)
+                    turn.knowledge_s = time.perf_counter() - started
                     turn.sources = grounding.sources
                 messages = self._prompt(turn.user_text, grounding)
                 paced = services.pacing.reply(lambda: self._ahead_s(turn))
@@ -188,7 +193,9 @@ class TurnRunner:
             def say(clause: str) -> None:
                 if grounding is not None:
                     # Checked before it is spoken, shown or remembered: the text streams clause by clause.
+                    started = time.perf_counter()
                     clause = grounding.check(clause)
+                    turn.knowledge_s += time.perf_counter() - started
                     if not clause:
                         return
                     turn.reply += clause + " "
@@ -303,7 +310,8 @@ class TurnRunner:
                            StageError(f"could not save the turn to memory: {exc}"), where="memory")
         self.emit(TurnEnded(turn.turn_id, turn.source, turn.reply.strip(), heard, interrupted,
                             sum(end - start for start, end, _ in turn.spans),
-                            {stage: turn.latency_ms(stage) for stage in LATENCY_STAGES}, list(turn.sources)))
+                            {stage: turn.latency_ms(stage) for stage in LATENCY_STAGES}, list(turn.sources),
+                            None if turn.knowledge_s is None else round(turn.knowledge_s * 1000.0, 2)))
         if self.turn is turn:
             self.turn = None
         self.set_state("listening")

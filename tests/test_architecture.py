@@ -79,7 +79,8 @@ def test_wire_json_comes_from_typed_events_in_one_place():
     ended = TurnEnded(3, "text", "Hello there.", "Hello", True, 2205, {"endpoint": 12.0})
     latency, end = to_wire(ended)
     assert latency["type"] == "latency" and latency["endpoint_ms"] == 12.0
-    assert set(latency) == {"type", "turn_id", "source"} | {f"{stage}_ms" for stage in LATENCY_STAGES}
+    assert set(latency) == {"type", "turn_id", "source", "knowledge_ms"} | {f"{stage}_ms" for stage in LATENCY_STAGES}
+    assert latency["knowledge_ms"] is None  # no knowledge base: null, not 0
     assert end == {"type": "turn_end", "turn_id": 3, "reply": "Hello there.", "heard": "Hello",
                    "interrupted": True, "audio_samples": 2205, "sources": []}
     assert to_wire(ErrorRaised("rate_limited", "slow down", limit="limits.turns_per_minute"))[0]["limit"] == \

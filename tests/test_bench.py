@@ -41,7 +41,7 @@ def test_every_level_speaks_the_same_recordings():
     from collections import Counter
     from pathlib import Path
 
-    from avatar.bench import Utterance, schedule, share
+    from avatar.bench_utterances import Utterance, schedule, share
 
     utterances = [Utterance(f"u{i}", Path(f"u{i}.wav"), "") for i in range(9)]
     recordings = schedule(utterances, turns=3, busiest=4)

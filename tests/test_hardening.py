@@ -191,6 +191,7 @@ def test_metrics_text_format():
     metrics.observe(TurnEnded(1, "voice", "hi", "hi", False, 100, {
         "endpoint": 250.0, "asr_final": 40.0, "llm_first_token": 400.0, "tts_first_audio": 600.0, "audio_out": 700.0,
         "first_frame": None}))
+    metrics.observe(TurnEnded(2, "text", "ok", "ok", False, 100, {}, ["faq.csv"], knowledge_ms=3.5))
     metrics.observe(Interrupted(1, 0, "barge_in"))
     metrics.observe(ErrorRaised("bad_message", "no"))
     metrics.errors.inc(code='we"ird\\')
@@ -198,6 +199,10 @@ def test_metrics_text_format():
     values = parse_text_format(text)
     assert values["avatar_sessions"] == 3
     assert values['avatar_turns_total{source="voice"}'] == 1
+    # Only the turn with a knowledge base counts in its histogram: 3.5 ms, between the 2 and 5 ms buckets.
+    assert values["avatar_knowledge_seconds_count"] == 1
+    assert values['avatar_knowledge_seconds_bucket{le="0.002"}'] == 0
+    assert values['avatar_knowledge_seconds_bucket{le="0.005"}'] == 1
     assert values['avatar_interruptions_total{reason="barge_in"}'] == 1
     assert values['avatar_errors_total{code="bad_message"}'] == 1
     assert values['avatar_stage_latency_seconds_bucket{stage="llm_first_token",le="0.5"}'] == 1

@@ -114,6 +114,8 @@ async def test_supported_answer_passes_and_names_its_sources(grounded):
     assert end["reply"] == "On Saturdays we are open from 10 am until 4 pm."
     assert " ".join(tts.said) == end["reply"]  # the first phrase may go ahead (avatar/clauses.py)
     assert end["sources"][0] == "opening-hours.md"
+    # The turn reports its time in the knowledge base (retrieval and the clauses' check): milliseconds.
+    assert 0 < wire.of("latency")[-1]["knowledge_ms"] < 1000
 
 
 async def test_small_talk_gets_no_facts_and_no_sources(grounded):
@@ -133,6 +135,7 @@ async def test_without_knowledge_turns_are_unchanged(tmp_path):
         end = await ask(harness.session, wire, "How much is a helmet?")
         assert end["reply"] == "A helmet costs $35." and end["sources"] == []
         assert len(wire.of("reply_delta")) == 4  # streamed word by word as before
+        assert wire.of("latency")[-1]["knowledge_ms"] is None
     finally:
         harness.close()
 
