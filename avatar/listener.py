@@ -51,6 +51,8 @@ class ListenerEvents(Protocol):
 
     def user_started(self) -> None: ...  # speech began (a barge-in if the agent was talking)
 
+    def heard_so_far(self, text: str) -> None: ...  # a partial transcript: get the reply's prompt ready
+
     def speculate(self, text: str, t_pause: float) -> None: ...  # start answering, hold the output
 
     def drop_speculation(self) -> None: ...  # the user went on: forget the held answer
@@ -257,6 +259,7 @@ class Listener:
                 return
             if text and self._utterance is not None:
                 self.session.emit(Transcript(text, final=False))
+                self.session.heard_so_far(text)
 
         self._partial_task = self._task(partial())
 

@@ -65,6 +65,10 @@ class Services:
         self.llm_pool = ThreadPoolExecutor(sessions, thread_name_prefix="llm", initializer=lower_thread_priority,
                                            initargs=(LLM_NICE,))
         self.tts_pool = ThreadPoolExecutor(TTS_THREADS, thread_name_prefix="tts")
+        # One prefill at a time, only while no reply is being written (Services.prefill).
+        self.prefill_pool = ThreadPoolExecutor(1, thread_name_prefix="llm-prefill", initializer=lower_thread_priority,
+                                               initargs=(LLM_NICE,))
+        self._prefilling = False
         self.render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
         # End-of-turn questions are short (40-60 ms) and on the critical path: their own thread, so they
         # never wait behind a transcription. Sessions take turns at it: three people chattering on pause
@@ -206,7 +210,8 @@ class Services:
             from avatar.faults import release_hangs
 
             release_hangs()
-        for pool in (self.asr_pool, self.llm_pool, self.tts_pool, self.render_pool, self.turn_end_pool):
+        for pool in (self.asr_pool, self.llm_pool, self.prefill_pool, self.tts_pool, self.render_pool,
+                     self.turn_end_pool):
             pool.shutdown(wait=False, cancel_futures=True)
         close_llm = getattr(getattr(self.models, "llm", None), "close", None)
         if close_llm is not None:
@@ -340,6 +345,28 @@ class Services:
                         cancel.set()  # a reply abandoned half-way frees the model at the next token
         except SessionGone:
             return
+
+    async def prefill(self, messages: list[dict], *, session: str) -> bool:
+        """Evaluate ``messages`` (a turn's prompt with the user's words so far) into ``session``'s LLM slot
+        while the user still speaks, so that the turn evaluates only the words after them. Best effort:
+        skipped while another prefill runs or any reply is being written or waited for (the prefill must
+        never take a core from a reply), and on a backend without slots. True when it ran.
+
+        Four of the six shop questions' 13 new prompt tokens were evaluated ahead this way (the first 70%
+        of the words; the 0.5B, one thread, 2-core AMD EPYC, 2026-12-03): first token 276 -> 213 ms
+        without a knowledge base and 304 -> 229 ms with the test folder in the system prompt."""
+        prefill = getattr(self.models.llm, "prefill", None)
+        if prefill is None or not self.config.turn.prefill or self._prefilling or self.llm_queue.busy():
+            return False
+        self._prefilling = True
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.prefill_pool, lambda: prefill(messages, session))
+        except Exception as exc:  # noqa: BLE001 - the turn evaluates the words itself, as without this
+            log.debug("prefill for session %s failed: %r", session[:8], exc)
+            return False
+        finally:
+            self._prefilling = False
 
     async def synthesize(self, text: str, cancel: threading.Event, *, session: str = "",
                          first: bool = False) -> AsyncIterator:

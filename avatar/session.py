@@ -98,6 +98,9 @@ class Session:
         if self.turns.turn is not None:
             self.turns.interrupt("barge_in")
 
+    def heard_so_far(self, text: str) -> None:
+        self.turns.prefill(text)
+
     def speculate(self, text: str, t_pause: float) -> None:
         turn = self.turns.start(text, "voice", t_ref=t_pause, released=False)
         turn.mark("asr_final")

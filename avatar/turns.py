@@ -12,6 +12,7 @@ heard-text truncation: when a reply is cut, memory keeps only the words whose au
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import threading
@@ -100,6 +101,7 @@ class TurnRunner:
         self.turn: TurnState | None = None  # the turn being answered (released or speculative)
         self._turn_ids = itertools.count(1)
         self.state = ""
+        self._prefilling: asyncio.Task | None = None  # Services.prefill of the words heard so far
         self.closed = False  # the connection is gone: nothing more is reported
         self.set_state("listening")
 
@@ -156,7 +158,25 @@ class TurnRunner:
         if turn.task is not None and not turn.task.done():
             turn.task.cancel()
 
-    def _prompt(self, user_text: str, grounding) -> list[dict]:
+    def prefill(self, text: str) -> None:
+        """The user is still speaking and has said ``text`` so far: have the LLM evaluate the prompt this
+        turn would get (history, ``text``) into the conversation's slot, so that the turn evaluates only
+        the words after ``text`` (Services.prefill). Not while a turn runs or a reply plays (the slot is
+        busy, and a barge-in's words may be dropped), nor when this turn's facts would go into its user
+        message (a folder too large to stand in the system prompt: they depend on the whole question)."""
+        if self.closed or self.turn is not None or self.timeline.is_playing():
+            return
+        if self._prefilling is not None and not self._prefilling.done():
+            return
+        services = self.services
+        grounding = services.knowledge.ground(text, self.conversation.history) if services.knowledge else None
+        if grounding is not None and not grounding.standing:
+            return
+        # On a copy of the window: where the history starts is the turn's to decide.
+        messages = self._prompt(text, grounding, window=dataclasses.replace(self.conversation.prompt_window))
+        self._prefilling = asyncio.create_task(services.prefill(messages, session=self.conversation.session_id))
+
+    def _prompt(self, user_text: str, grounding, window: PromptWindow | None = None) -> list[dict]:
         services = self.services
         messages = build_prompt(
             services.config.system_prompt, self.conversation.history, user_text,
@@ -164,7 +184,7 @@ class TurnRunner:
             budget_tokens=int(services.models.llm.context_tokens * services.config.memory.prompt_budget)
             - (grounding.tokens if grounding is not None else 0),
             max_turns=services.config.memory.max_turns_in_prompt,
-            window=self.conversation.prompt_window,
+            window=window if window is not None else self.conversation.prompt_window,
         )
         return grounding.apply(messages) if grounding is not None else messages
 
@@ -320,6 +340,8 @@ class TurnRunner:
         """The connection is gone: stop generating, and keep the part of a reply in progress that was
         heard, as a barge-in would (a client that drops mid-reply resumes with that turn in memory)."""
         self.closed = True
+        if self._prefilling is not None:
+            self._prefilling.cancel()
         turn = self.turn
         if turn is None:
             return

@@ -184,3 +184,31 @@ def test_a_new_system_prompt_goes_into_the_free_slots(qwen):
                           temperature=0.0, conversation="newcomer"))
     timings = qwen.last_timings["newcomer"]
     assert timings["cache_n"] > 300 and timings["prompt_n"] < 30, timings
+
+
+def test_words_said_so_far_are_evaluated_before_the_turn(qwen):
+    """``prefill`` puts the start of the next prompt (the user's words so far) into the conversation's
+    slot while the engine is idle: the turn then evaluates only the words after them. Never while a
+    reply is being written (it would take that reply's core)."""
+    question = "Which city is the capital of Italy, and why is it famous?"
+    partial = [SYSTEM, {"role": "user", "content": "Which city is the capital of Italy"}]
+    busy = qwen._slots.acquire("someone")
+    try:
+        assert qwen.prefill(partial, "pia") is False
+    finally:
+        qwen._slots.release(busy[0])
+    qwen.forget("someone")
+    list(qwen.stream_chat([SYSTEM, {"role": "user", "content": question}], max_tokens=4, temperature=0.0,
+                          conversation="cold"))
+    cold = qwen.last_timings["cold"]
+    assert qwen.prefill(partial, "pia") is True
+    list(qwen.stream_chat([SYSTEM, {"role": "user", "content": question}], max_tokens=4, temperature=0.0,
+                          conversation="pia"))
+    warm = qwen.last_timings["pia"]
+    said_so_far = qwen.count_tokens(partial[1]["content"])
+    assert warm["cache_n"] >= cold["cache_n"] + said_so_far - 1, (cold, warm)
+    assert warm["prompt_n"] <= cold["prompt_n"] - said_so_far + 1, (cold, warm)
+    # Left to evaluate: the rest of the question and the chat template's few tokens around it.
+    assert warm["prompt_n"] <= qwen.count_tokens(question) - said_so_far + 8, warm
+    qwen.forget("cold")
+    qwen.forget("pia")

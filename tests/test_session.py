@@ -115,3 +115,56 @@ async def test_history_reaches_the_prompt(make_session):
     roles = [(m["role"], m["content"]) for m in llm.prompts[-1]]
     assert ("user", "My name is Ada.") in roles and ("assistant", "Noted.") in roles
     assert roles[-1] == ("user", "What is my name?")
+
+
+class PrefillLLM(WordLLM):
+    """A backend with slots: records what it is asked to evaluate ahead of a turn."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.prefilled: list[tuple[list[dict], str]] = []
+
+    def prefill(self, messages, conversation):
+        self.prefilled.append((messages, conversation))
+        return True
+
+
+async def test_words_heard_so_far_go_into_the_llm_before_the_turn(make_session):
+    """A partial transcript while the user speaks: the prompt the turn will send, with the words so far,
+    goes to the LLM's prefill (same history, same conversation), so the turn evaluates only the rest."""
+    llm = PrefillLLM(reply="Noted.")
+    rt, session, wire = make_session(llm=llm, asr=FixedASR("what time do you", delay=0.01))
+    session.on_text("My name is Ada.")
+    await wait_for(lambda: wire.of("turn_end"))
+    await wait_for(lambda: not session.busy())
+    assert llm.prefilled == []  # typed text has no partials
+    # 2.5 s of speech: a partial transcript comes 1.5 s in (asr.partial_interval_ms).
+    await feed(session, np.concatenate([speech_like(2.5), np.zeros(16000, np.float32)]))
+    await wait_for(lambda: len(wire.of("turn_end")) == 2)
+    assert llm.prefilled, "no prefill while the user spoke"
+    messages, conversation = llm.prefilled[0]
+    assert conversation == session.session_id == llm.conversations[-1]
+    turn_prompt = llm.prompts[-1]
+    assert messages[:-1] == turn_prompt[:-1]  # the system prompt and history, as the turn sent them
+    assert messages[-1] == {"role": "user", "content": "what time do you"}
+
+
+async def test_no_prefill_while_a_reply_is_playing_or_when_turned_off(make_session):
+    """While the agent talks, speech is a barge-in (the slot is busy, the words may be dropped); and
+    turn.prefill = false turns it off."""
+    llm = PrefillLLM(reply="One two three four five six seven eight nine ten eleven twelve.", delay=0.05)
+    rt, session, wire = make_session(llm=llm)
+    session.on_text("Count for me.")
+    await wait_for(lambda: wire.of("reply_delta"))
+    session.turns.prefill("hello")
+    assert llm.prefilled == []
+    session.interrupt("test")
+    await wait_for(lambda: not session.busy())
+    rt.config.turn.prefill = False
+    session.turns.prefill("hello")
+    await asyncio.sleep(0.1)
+    assert llm.prefilled == []
+    rt.config.turn.prefill = True
+    session.turns.prefill("hello")
+    await wait_for(lambda: llm.prefilled)
+    assert llm.prefilled[0][0][-1]["content"].endswith("hello")  # after the cut-off turn's words

@@ -73,6 +73,9 @@ class EnginePool:
     def stream_chat(self, messages: list[dict], *, conversation: str | None = None, **options) -> Iterator[str]:
         return self._engine(conversation).stream_chat(messages, conversation=conversation, **options)
 
+    def prefill(self, messages: list[dict], conversation: str) -> bool:
+        return self._engine(conversation).prefill(messages, conversation)
+
     def forget(self, conversation: str) -> None:
         with self._lock:
             index = self._home.pop(conversation, None)

@@ -84,6 +84,19 @@ class SlotTable:
             return unowned[0]
         return min(free, key=lambda i: self._slots[i].last_used)
 
+    def try_acquire(self, conversation: str | None) -> int | None:
+        """A slot for ``conversation`` now, marked busy, only while this model is idle (no slot busy, nobody
+        waiting); else None. For work ahead of a turn (``prefill``) that must never take a core from a reply
+        being written."""
+        with self._cond:
+            if self._waiting or any(slot.busy for slot in self._slots):
+                return None
+            index = self._pick(conversation, set())
+            if index is not None:
+                slot = self._slots[index]
+                slot.busy, slot.owner = True, conversation
+            return index
+
     def take_free(self) -> list[int]:
         """Every slot free now, marked busy (their owners kept), unless someone waits for a slot: then
         none. For background work that must never delay a conversation (``release`` each when done)."""

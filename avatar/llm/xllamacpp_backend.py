@@ -197,25 +197,45 @@ class XLlamaCppLLM:
         me = threading.current_thread()
         self._running.add(me)  # close() waits for it
         try:
-            if self._closing.is_set():
-                return False
-            errors = []
-
-            def on_chunk(chunk: dict) -> bool:  # True: llama.cpp stops
-                if "error" in chunk:
-                    errors.append(chunk["error"])
-                return self._closing.is_set()
-
-            self.server.handle_chat_completions(
-                {"messages": plain_messages(messages), "stream": True, "max_tokens": 1, "temperature": 0.0,
-                 "id_slot": slots[0], "cache_prompt": True}, on_chunk)
-            if errors:
-                raise StageError(f"the LLM could not evaluate the system prompt: {errors[0]}")
-            if self._closing.is_set():
+            if not self._evaluate(slots[0], messages, "the system prompt"):
                 return False
             self._copy_slot(slots[0], slots[1:])
             return True
         finally:
+            self._running.discard(me)
+
+    def _evaluate(self, slot: int, messages: list[dict], what: str) -> bool:
+        """Evaluate ``messages`` into ``slot``'s cache (held by the caller; one token is written and
+        dropped); False when the backend is closing."""
+        if self._closing.is_set():
+            return False
+        errors = []
+
+        def on_chunk(chunk: dict) -> bool:  # True: llama.cpp stops
+            if "error" in chunk:
+                errors.append(chunk["error"])
+            return self._closing.is_set()
+
+        self.server.handle_chat_completions(
+            {"messages": plain_messages(messages), "stream": True, "max_tokens": 1, "temperature": 0.0,
+             "id_slot": slot, "cache_prompt": True}, on_chunk)
+        if errors:
+            raise StageError(f"the LLM could not evaluate {what}: {errors[0]}")
+        return not self._closing.is_set()
+
+    def prefill(self, messages: list[dict], conversation: str) -> bool:
+        """Evaluate the start of ``conversation``'s next prompt (the user still speaking: their words so
+        far) into its slot, so that the turn evaluates only what differs. Only while this engine is idle
+        (``SlotTable.try_acquire``): it never delays a reply. True when it ran. Blocking."""
+        slot = self._slots.try_acquire(conversation)
+        if slot is None:
+            return False
+        me = threading.current_thread()
+        self._running.add(me)
+        try:
+            return self._evaluate(slot, messages, "the words so far")
+        finally:
+            self._slots.release(slot)
             self._running.discard(me)
 
     def _copy_slot(self, source: int, targets: list[int]) -> None:
