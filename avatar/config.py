@@ -73,8 +73,8 @@ class TurnConfig:
     # Start answering (ASR final, LLM, TTS) at the first silent frame and hold the output back until the
     # silence has lasted vad.end_silence_ms; drop it if the user goes on. Hides the pipeline in the pause.
     speculative: bool = True
-    # Put the user's words so far (each partial transcript) into their LLM slot while they speak, when no
-    # reply is being written: the turn then evaluates only the words after them (Services.prefill).
+    # Put the user's words so far (each partial transcript) into their LLM slot while they speak, when the
+    # conversation is alone on the server: the turn then evaluates only the words after them (Services.prefill).
     prefill: bool = True
     pre_roll_ms: int = 256  # audio kept from before the start decision so the first word is not clipped
     # What ends a turn: "smart-turn" (an audio model asked during the pause, avatar/endofturn/) or "silence"

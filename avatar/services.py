@@ -69,6 +69,7 @@ class Services:
         self.prefill_pool = ThreadPoolExecutor(1, thread_name_prefix="llm-prefill", initializer=lower_thread_priority,
                                                initargs=(LLM_NICE,))
         self._prefilling = False
+        self.open_sessions: set[str] = set()  # Session ids from Session() until Session.close
         self.render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
         # End-of-turn questions are short (40-60 ms) and on the critical path: their own thread, so they
         # never wait behind a transcription. Sessions take turns at it: three people chattering on pause
@@ -316,6 +317,7 @@ class Services:
         forget = getattr(self.models.llm, "forget", None)
         if forget is not None:
             forget(session)
+        self.open_sessions.discard(session)
 
     async def stream_chat(self, messages: list[dict], cancel: threading.Event, *, session: str = "",
                           hold: Callable[[], bool] | None = None) -> AsyncIterator[str]:
@@ -349,14 +351,21 @@ class Services:
     async def prefill(self, messages: list[dict], *, session: str) -> bool:
         """Evaluate ``messages`` (a turn's prompt with the user's words so far) into ``session``'s LLM slot
         while the user still speaks, so that the turn evaluates only the words after them. Best effort:
-        skipped while another prefill runs or any reply is being written or waited for (the prefill must
-        never take a core from a reply), and on a backend without slots. True when it ran.
+        skipped while anything else is being answered, and while another session is open at all: with
+        several people, another's turn may need the cores at any moment, and `avatar bench --sessions
+        1,2,4` gave 4-session p95s of 3.5-4.9 s with prefills between their turns against 3.1-3.8 s
+        without (2026-12-03, noisy). One conversation (a kiosk, one web visitor) has the cores to itself
+        while its user speaks. Skipped too on a backend without slots. True when it ran.
 
-        Four of the six shop questions' 13 new prompt tokens were evaluated ahead this way (the first 70%
-        of the words; the 0.5B, one thread, 2-core AMD EPYC, 2026-12-03): first token 276 -> 213 ms
-        without a knowledge base and 304 -> 229 ms with the test folder in the system prompt."""
+        The first 70% of the words of the six shop questions evaluated ahead (the 0.5B alone, one thread,
+        2-core AMD EPYC, 2026-12-03): a turn evaluated 9 prompt tokens instead of 13, and its first token
+        came after 213 ms instead of 276 (229 instead of 304 with the test folder in the system prompt).
+        Voice to voice, 22 ms less at p50 over 96 turns (BENCHMARKS.md): short questions leave the prefill
+        little time before the final transcription needs the cores."""
         prefill = getattr(self.models.llm, "prefill", None)
-        if prefill is None or not self.config.turn.prefill or self._prefilling or self.llm_queue.busy():
+        if prefill is None or not self.config.turn.prefill or self._prefilling or self._others_busy():
+            return False
+        if self.open_sessions - {session}:
             return False
         self._prefilling = True
         try:
@@ -367,6 +376,10 @@ class Services:
             return False
         finally:
             self._prefilling = False
+
+    def _others_busy(self) -> bool:
+        """Some session is being answered: a reply written or waited for, speech synthesised or recognised."""
+        return self.llm_queue.busy() or self.tts_queue.busy() or self.asr_queue.busy()
 
     async def synthesize(self, text: str, cancel: threading.Event, *, session: str = "",
                          first: bool = False) -> AsyncIterator:

@@ -37,6 +37,7 @@ class Session:
         self.denoiser = None  # avatar.audio_denoise.Denoiser when audio.denoise is on
         self.turns = TurnRunner(services, conversation, emit=emit, timeline=timeline, face=face)
         self.listener = Listener(services, self, session_id=conversation.session_id)
+        services.open_sessions.add(conversation.session_id)
         timeline.add_listener(self.turns)
 
     @property

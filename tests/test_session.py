@@ -168,3 +168,20 @@ async def test_no_prefill_while_a_reply_is_playing_or_when_turned_off(make_sessi
     session.turns.prefill("hello")
     await wait_for(lambda: llm.prefilled)
     assert llm.prefilled[0][0][-1]["content"].endswith("hello")  # after the cut-off turn's words
+
+
+async def test_no_prefill_beside_another_session(make_session):
+    """Only a conversation alone on the server prefills: another session's speech being synthesised (or
+    recognised, or its reply written), or another session merely open, may need the cores."""
+    llm = PrefillLLM()
+    rt, session, wire = make_session(llm=llm)
+    for queue, kind in ((rt.tts_queue, "first"), (rt.asr_queue, "final"), (rt.llm_queue, None)):
+        async with queue.turn("someone-else", kind):
+            assert await rt.prefill([{"role": "user", "content": "hello"}], session=session.session_id) is False
+    rt.open_sessions.add("someone-else")  # open, idle: their next turn may need the cores at any moment
+    assert await rt.prefill([{"role": "user", "content": "hello"}], session=session.session_id) is False
+    assert llm.prefilled == []
+    rt.forget_session("someone-else")  # closed
+    assert rt.open_sessions == {session.session_id}
+    assert await rt.prefill([{"role": "user", "content": "hello"}], session=session.session_id) is True
+    assert llm.prefilled == [([{"role": "user", "content": "hello"}], session.session_id)]
