@@ -65,7 +65,7 @@ class Services:
         self.llm_pool = ThreadPoolExecutor(sessions, thread_name_prefix="llm", initializer=lower_thread_priority,
                                            initargs=(LLM_NICE,))
         self.tts_pool = ThreadPoolExecutor(TTS_THREADS, thread_name_prefix="tts")
-        # One prefill at a time, only while no reply is being written (Services.prefill).
+        # One prefill at a time, for a conversation alone on the server (Services.prefill).
         self.prefill_pool = ThreadPoolExecutor(1, thread_name_prefix="llm-prefill", initializer=lower_thread_priority,
                                                initargs=(LLM_NICE,))
         self._prefilling = False
@@ -360,8 +360,8 @@ class Services:
         The first 70% of the words of the six shop questions evaluated ahead (the 0.5B alone, one thread,
         2-core AMD EPYC, 2026-12-03): a turn evaluated 9 prompt tokens instead of 13, and its first token
         came after 213 ms instead of 276 (229 instead of 304 with the test folder in the system prompt).
-        Voice to voice, 22 ms less at p50 over 96 turns (BENCHMARKS.md): short questions leave the prefill
-        little time before the final transcription needs the cores."""
+        Voice to voice, 22 ms less at p50 (96 turns with it, 48 without; BENCHMARKS.md): short questions
+        leave the prefill little time before the final transcription needs the cores."""
         prefill = getattr(self.models.llm, "prefill", None)
         if prefill is None or not self.config.turn.prefill or self._prefilling or self._others_busy():
             return False
