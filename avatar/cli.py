@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from avatar import __version__
+from avatar.config import REPO_ROOT
 from avatar.errors import AvatarError
 
 
@@ -24,12 +25,12 @@ def _progress(line: str) -> None:
 
 
 def cmd_serve(args) -> int:
-    from avatar.services import Services, cap_malloc_arenas
-    from avatar.server import AvatarServer
+    from avatar.runtime.services import Services, cap_malloc_arenas
+    from avatar.net.server import AvatarServer
 
     cap_malloc_arenas()
     config = _load_config(args)
-    from avatar.memory import prepare_data_dir
+    from avatar.conversation.memory import prepare_data_dir
 
     prepare_data_dir(config.data_path)  # a read-only or unusable data directory fails now, not after loading
     host = args.host or config.server.host
@@ -60,7 +61,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_talk(args) -> int:
-    from avatar.client import talk, write_wav
+    from avatar.tools.client import talk, write_wav
 
     if (args.wav is None) == (args.text is None):
         raise SystemExit("avatar talk: give exactly one of --wav FILE or --text TEXT")
@@ -112,22 +113,22 @@ def cmd_render(args) -> int:
         raise SystemExit("avatar render: give exactly one of --text TEXT or --audio WAV")
     tts = None
     if args.text is not None:
-        from avatar.models import load_tts
+        from avatar.models.loading import load_tts
 
         tts = load_tts(config.tts, config.persona)
     return render_main(args.face or config.persona.face, text=args.text, audio_path=args.audio, out=args.output,
                        tts=tts, fps=config.video.fps, size=config.video.size,
-                       faces_dirs=[Path(__file__).resolve().parent.parent / "faces", config.data_path / "faces"])
+                       faces_dirs=[REPO_ROOT / "faces", config.data_path / "faces"])
 
 
 def cmd_soak(args) -> int:
-    from avatar.soak import soak_main
+    from avatar.tools.soak import soak_main
 
     return soak_main(args)
 
 
 def cmd_bench(args) -> int:
-    from avatar.bench import bench_main
+    from avatar.tools.bench import bench_main
 
     return bench_main(args)
 
@@ -211,13 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     config_options(p)
     p.set_defaults(func=cmd_bench, _bench_parser=p)
     try:
-        from avatar.bench import add_bench_arguments
+        from avatar.tools.bench import add_bench_arguments
 
         add_bench_arguments(p)
     except ImportError:
         pass
 
-    from avatar.knowledge.cli import register as register_kb
+    from avatar.tools.kb_cli import register as register_kb
 
     register_kb(sub, config_options)
     return parser

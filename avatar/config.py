@@ -17,6 +17,9 @@ import logging
 
 from avatar.errors import ConfigError
 
+# The checkout (or unpacked sdist) this package runs from: its faces/, voices/ and web_client/ folders.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +58,7 @@ class PersonaConfig:
 
 @dataclass
 class EndpointerConfig:
-    """[vad]: when speech starts and ends (avatar/vad/base.py, Endpointer)."""
+    """[vad]: when speech starts and ends (avatar/models/vad/base.py, Endpointer)."""
 
     threshold: float = 0.5  # speech probability that counts as speech
     min_speech_ms: int = 96  # speech this long starts an utterance
@@ -68,7 +71,7 @@ class EndpointerConfig:
 
 @dataclass
 class TurnConfig:
-    """[turn]: how the listener turns speech into the user's turns (avatar/listener.py)."""
+    """[turn]: how the listener turns speech into the user's turns (avatar/conversation/listener.py)."""
 
     # Start answering (ASR final, LLM, TTS) at the first silent frame and hold the output back until the
     # silence has lasted vad.end_silence_ms; drop it if the user goes on. Hides the pipeline in the pause.
@@ -118,14 +121,14 @@ class ASRConfig:
     cpu_threads: int = 2
     # Whisper's input window (seconds) for utterances that fit it with 2 s to spare; longer ones, and a
     # multilingual model whose language is not set, use Whisper's 30 s. 0: always 30 s. A 15 s window
-    # costs a third of the 30 s one (avatar/asr/faster_whisper.py, BENCHMARKS.md).
+    # costs a third of the 30 s one (avatar/models/asr/faster_whisper.py, BENCHMARKS.md).
     window_s: int = 15
 
 
 @dataclass
 class LLMConfig:
     backend: str = "xllamacpp"  # "xllamacpp" | "transformers" | "openai" ("llama-cpp": old name of xllamacpp)
-    # "auto" (a tier chosen from the machine, see avatar.tiers) | "qwen2.5-0.5b" | "qwen2.5-1.5b" |
+    # "auto" (a tier chosen from the machine, see avatar.models.tiers) | "qwen2.5-0.5b" | "qwen2.5-1.5b" |
     # "smollm2-135m" | a GGUF / HF directory / remote name
     model: str = "auto"
     url: str = ""  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
@@ -143,7 +146,7 @@ class LLMConfig:
     # xllamacpp: conversations that generate at once, each with its own prompt cache; more sessions queue.
     slots: int = 4
     # xllamacpp: independent engines of the model sharing the slots, each with n_threads threads
-    # (avatar/llm/engines.py). 0: auto, two on a CPU with two cores or more, one on a GPU.
+    # (avatar/models/llm/engines.py). 0: auto, two on a CPU with two cores or more, one on a GPU.
     engines: int = 0
     # xllamacpp: a smaller model of the same family that drafts tokens for the main one to check
     # (speculative decoding), e.g. "qwen2.5-0.5b" under "qwen2.5-1.5b"; "" for none. See BENCHMARKS.md.
@@ -151,7 +154,7 @@ class LLMConfig:
     max_tokens: int = 160
     temperature: float = 0.6
     # While another session's reply waits for its first words, a reply this many seconds of speech ahead
-    # of its listener pauses (xllamacpp; avatar/pacing.py). 0: replies never pause.
+    # of its listener pauses (xllamacpp; avatar/conversation/pacing.py). 0: replies never pause.
     hold_ahead_s: float = 4.0
 
 
@@ -230,7 +233,7 @@ class AudioInConfig:
     """[audio]: the microphone audio before VAD and ASR."""
 
     # "off" | "deepfilter": DeepFilterNet3 noise suppression (extra "denoise": pip install avatar[denoise])
-    # for public places (babble, street noise). See avatar/audio_denoise.py and BENCHMARKS.md for its effect.
+    # for public places (babble, street noise). See avatar/media/denoise.py and BENCHMARKS.md for its effect.
     denoise: str = "off"
     # At most this much noise is taken away (dB). 100: all the model can; a milder limit leaves more of the
     # speech untouched (measured effect on word error: BENCHMARKS.md).
@@ -243,7 +246,7 @@ class AudioInConfig:
 
 @dataclass
 class KioskConfig:
-    """[kiosk]: a face on a screen in a public place (web_client/kiosk.html, avatar/kiosk.py, docs/kiosk.md)."""
+    """[kiosk]: a face on a screen in a public place (web_client/kiosk.html, avatar/kiosk/visit.py, docs/kiosk.md)."""
 
     greeting: str = "Hello, welcome! How can I help you today?"  # said when a visitor's face appears; "" = none
     visit_timeout_s: float = 8.0  # no face and no speech for this long: the visitor left, the visit ends

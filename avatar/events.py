@@ -1,8 +1,8 @@
 """What happens in a conversation, as typed events, and the one place where they become wire JSON.
 
 Sessions, the media timeline and the server emit these on a per-connection ``EventBus``. Subscribers
-see the typed objects: the browser socket (``to_wire``), the metrics (avatar/metrics.py), the turn-rate
-limit (avatar/limits.py), and any new output (an RTMP show, a kiosk log). Renaming a wire field changes
+see the typed objects: the browser socket (``to_wire``), the metrics (avatar/net/metrics.py), the turn-rate
+limit (avatar/net/limits.py), and any new output (an RTMP show, a kiosk log). Renaming a wire field changes
 ``to_wire`` only; no subscriber parses the JSON sent to the browser.
 """
 
@@ -110,7 +110,7 @@ class Pong:
 
 @dataclass(frozen=True)
 class Presence:
-    """A kiosk's visitor arrived (``present``) or left (avatar/kiosk.py)."""
+    """A kiosk's visitor arrived (``present``) or left (avatar/kiosk/visit.py)."""
 
     present: bool
     source: str  # "camera" (a face was seen) | "speech" (no camera: woken by speech) | "timeout"

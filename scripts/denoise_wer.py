@@ -5,7 +5,7 @@ Speech: espeak-ng says kiosk-like questions (16 kHz). Noise, made here so the ru
 - babble: four other espeak-ng voices talking over each other (a crowd in a shop or a lobby);
 - street: brown and pink noise with slow swells (traffic passing) and a low engine hum.
 Each sentence is mixed with each noise at each SNR, transcribed by the project's ASR (asr.model, default
-faster-whisper tiny.en), once as is and once through avatar.audio_denoise (what ``audio.denoise =
+faster-whisper tiny.en), once as is and once through avatar.media.denoise (what ``audio.denoise =
 "deepfilter"`` does in a session). WER = word edits / reference words, over all sentences.
 
     PYTHONPATH=. python scripts/denoise_wer.py                # English, tiny.en, SNR 0/5/10 dB
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", choices=["babble", "street"], nargs="+", default=["babble", "street"])
     args = parser.parse_args(argv)
 
-    from avatar.audio_denoise import denoise_file
+    from avatar.media.denoise import denoise_file
     from avatar.config import ASRConfig
-    from avatar.models import load_asr
+    from avatar.models.loading import load_asr
     from tests.speech import espeak_wav
 
     asr = load_asr(ASRConfig(model=args.asr_model))

@@ -37,7 +37,7 @@ def piper_tts():
     """The project's default TTS (Piper with phoneme timings), or None when it is not installed."""
     try:
         from avatar.config import load_config
-        from avatar.models import load_tts
+        from avatar.models.loading import load_tts
 
         cfg = load_config()
         return load_tts(cfg.tts, cfg.persona)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avatar.asr.base import Transcript
-from avatar.tts.base import SpeechChunk
+from avatar.models.asr.base import Transcript
+from avatar.models.tts.base import SpeechChunk
 
 
 class EnergyVAD:

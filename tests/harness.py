@@ -12,12 +12,12 @@ import numpy as np
 
 from avatar.config import load_config
 from avatar.events import Event, EventBus
-from avatar.factory import SessionFactory
-from avatar.memory import MemoryStore
-from avatar.protocol import KIND_AUDIO, parse_media_frame
-from avatar.services import Services
-from avatar.session import Session
-from avatar.timeline import MediaTimeline
+from avatar.conversation.factory import SessionFactory
+from avatar.conversation.memory import MemoryStore
+from avatar.net.protocol import KIND_AUDIO, parse_media_frame
+from avatar.runtime.services import Services
+from avatar.conversation.session import Session
+from avatar.net.timeline import MediaTimeline
 from tests.fakes import fake_models
 
 

@@ -82,9 +82,9 @@ def decode(path: str, *, measure_mouth: bool = True) -> ReceivedStream:
 
 def transcribe(stream: ReceivedStream) -> str:
     """What the stream's audio says, by the default recogniser (faster-whisper, config defaults)."""
-    from avatar.audio import resample_linear
+    from avatar.media.audio import resample_linear
     from avatar.config import ASRConfig
-    from avatar.models import load_asr
+    from avatar.models.loading import load_asr
 
     asr = load_asr(ASRConfig())
     heard = resample_linear(stream.audio.astype(np.float32), stream.audio_rate, asr.sample_rate)

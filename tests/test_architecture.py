@@ -1,5 +1,5 @@
-"""The shape of the code (docs/architecture.md): small modules, no import circles, the server kept to
-HTTP/WebSocket, and typed events that metrics and limits subscribe to."""
+"""The shape of the code (docs/architecture.md): folders that import only downwards, small modules, no import
+circles, the server kept to HTTP/WebSocket, and typed events that metrics and limits subscribe to."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from avatar.config import load_config
 from avatar.events import LATENCY_STAGES, ErrorRaised, TurnEnded, TurnStarted, to_wire
-from avatar.limits import ConnectionGuard
-from avatar.metrics import ServerMetrics, parse_text_format
+from avatar.net.limits import ConnectionGuard
+from avatar.net.metrics import ServerMetrics, parse_text_format
 from tests.harness import open_harness, wait_for
 
 PACKAGE = Path(__file__).resolve().parent.parent / "avatar"
@@ -21,11 +21,34 @@ def _modules() -> dict[str, Path]:
             for path in PACKAGE.rglob("*.py")}
 
 
-def _imports(path: Path, module: str, known: set[str]) -> set[str]:
-    """avatar modules imported at module level (imports inside functions are deferred on purpose)."""
+# The folders, lowest first (docs/architecture.md). A module imports from its own folder and from the folders
+# listed for it: never upwards, and never sideways into another entry point.
+BASE = {"avatar", "avatar.config", "avatar.errors", "avatar.events", "avatar.faults", "avatar.language"}
+LAYERS = {
+    "models": set(),
+    "face": {"models"},
+    "knowledge": set(),
+    "media": {"models", "face"},
+    "conversation": {"models", "face", "knowledge", "media"},
+    "runtime": {"models", "face", "knowledge", "media", "conversation"},
+    "net": {"models", "media", "conversation", "runtime"},
+    "kiosk": {"media", "conversation", "runtime", "net"},
+    "live": {"models", "face", "knowledge", "media", "conversation", "runtime", "net"},
+    "tools": {"models", "face", "knowledge", "media", "conversation", "runtime", "net"},
+}
+
+
+def _folder(module: str) -> str:
+    """"avatar.net.server" -> "net"; a base module or the command line -> its own name."""
+    return "base" if module in BASE else module.split(".")[1]
+
+
+def _imports(path: Path, module: str, known: set[str], *, deferred: bool = False) -> set[str]:
+    """avatar modules imported at module level, or anywhere (functions, TYPE_CHECKING) with ``deferred``."""
     found = set()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in (ast.walk(tree) if deferred else tree.body):
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -41,6 +64,42 @@ def _imports(path: Path, module: str, known: set[str]) -> set[str]:
             if name and name != module:
                 found.add(name)
     return found
+
+
+def test_folders_import_only_downwards_counting_imports_inside_functions():
+    modules = _modules()
+    top_level = {name for name in modules if name.count(".") == 1 and modules[name].name != "__init__.py"}
+    # Directly in avatar/: only the shared basics and the command line; everything else has its folder.
+    assert top_level <= BASE | {"avatar.cli", "avatar.__main__"}, top_level - BASE
+    wrong = []
+    for name, path in modules.items():
+        folder = _folder(name)
+        if folder in ("cli", "__main__"):
+            continue
+        allowed = {"base", folder} | LAYERS.get(folder, set())
+        for dep in _imports(path, name, set(modules), deferred=True):
+            if _folder(dep) not in allowed:
+                wrong.append(f"{name} -> {dep}")
+    assert not wrong, "imports against the layering:\n" + "\n".join(sorted(wrong))
+
+
+def test_base_modules_import_only_each_other():
+    modules = _modules()
+    for name in BASE & set(modules):
+        assert _imports(modules[name], name, set(modules), deferred=True) <= BASE, name
+
+
+def test_the_layering_can_fail():
+    """The check above sees an upward import made inside a function."""
+    source = "def f():\n    from avatar.net.server import AvatarServer\n"
+    path = PACKAGE.parent / "tests" / "data" / "_layering_probe.py"
+    path.write_text(source, encoding="utf-8")
+    try:
+        modules = set(_modules())
+        assert "avatar.net.server" in _imports(path, "avatar.conversation.probe", modules, deferred=True)
+        assert "avatar.net.server" not in _imports(path, "avatar.conversation.probe", modules)
+    finally:
+        path.unlink()
 
 
 def test_no_module_is_over_450_lines():
@@ -72,7 +131,7 @@ def test_no_import_circles_and_the_server_does_not_reach_into_the_face():
         if name not in state:
             visit(name, [name])
     assert not circles, f"import circles: {circles}"
-    assert not {dep for dep in graph["avatar.server"] if dep.startswith("avatar.face")}
+    assert not {dep for dep in graph["avatar.net.server"] if dep.startswith("avatar.face")}
 
 
 def test_wire_json_comes_from_typed_events_in_one_place():

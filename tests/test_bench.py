@@ -30,7 +30,7 @@ def test_quick_bench_measures_every_figure(tmp_path):
     assert report["render"]["fps"] > 0 and report["render"]["size"] == 512
     assert "avatar bench" in report["run"]["command"]
     # People get a table too.
-    table = subprocess.run([sys.executable, "-c", "import json,sys; from avatar.bench import print_table; "
+    table = subprocess.run([sys.executable, "-c", "import json,sys; from avatar.tools.bench import print_table; "
                             f"print_table(json.load(open({str(tmp_path / 'report.json')!r})))"],
                            capture_output=True, text=True)
     assert "voice-to-voice" in table.stdout and "streaming is" in table.stdout
@@ -41,7 +41,7 @@ def test_every_level_speaks_the_same_recordings():
     from collections import Counter
     from pathlib import Path
 
-    from avatar.bench_utterances import Utterance, schedule, share
+    from avatar.tools.bench_utterances import Utterance, schedule, share
 
     utterances = [Utterance(f"u{i}", Path(f"u{i}.wav"), "") for i in range(9)]
     recordings = schedule(utterances, turns=3, busiest=4)

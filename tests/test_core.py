@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar.clauses import ClauseSplitter, heard_text, speakable
+from avatar.conversation.clauses import ClauseSplitter, heard_text, speakable
 from avatar.config import load_config
 from avatar.errors import ConfigError, ProtocolError
-from avatar.memory import MemoryStore, Turn
-from avatar.prompt import build_prompt
-from avatar.protocol import KIND_AUDIO, media_frame, parse_audio_message, parse_media_frame, parse_text_message
+from avatar.conversation.memory import MemoryStore, Turn
+from avatar.conversation.prompt import build_prompt
+from avatar.net.protocol import KIND_AUDIO, media_frame, parse_audio_message, parse_media_frame, parse_text_message
 from avatar.config import EndpointerConfig
-from avatar.vad.base import Endpointer
+from avatar.models.vad.base import Endpointer
 
 
 def test_parse_text_messages():
@@ -139,7 +139,7 @@ def test_prompt_keeps_recent_turns_within_budget():
 
 
 def test_the_prompt_keeps_its_start_while_it_fits_so_the_llm_cache_holds():
-    from avatar.prompt import PromptWindow
+    from avatar.conversation.prompt import PromptWindow
 
     count = lambda text: len(text.split())  # noqa: E731
     window, history, starts = PromptWindow(), [], []
@@ -201,7 +201,7 @@ def test_config_example_lists_every_setting_with_its_default():
 def test_read_wav_takes_pcm16_and_float32_at_any_rate(tmp_path):
     import struct
 
-    from avatar.client import read_wav, write_wav
+    from avatar.tools.client import read_wav, write_wav
 
     tone = (np.sin(np.arange(8000) / 8000 * 2 * np.pi * 200) * 0.5).astype(np.float32)
     write_wav(tmp_path / "pcm.wav", (tone * 32767).astype("<i2"), 8000)
@@ -223,7 +223,7 @@ def test_llm_threads_yield_to_media_and_malloc_arenas_are_capped(monkeypatch):
     import sys
     import threading
 
-    from avatar.services import LLM_NICE, Services, cap_malloc_arenas
+    from avatar.runtime.services import LLM_NICE, Services, cap_malloc_arenas
 
     if not sys.platform.startswith("linux"):
         pytest.skip("per-thread priorities and glibc arenas are Linux features")

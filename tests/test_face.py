@@ -17,7 +17,7 @@ from avatar.face import FaceAnimator, FaceLibrary, create_renderer, prepare_face
 from avatar.face import landmarks as lm  # noqa: E402
 from avatar.face.controls import (CONTROL_NAMES, IdleMotion, audio_track, control_stream,  # noqa: E402
                                   phoneme_track)
-from avatar.tts.base import Phoneme  # noqa: E402
+from avatar.models.tts.base import Phoneme  # noqa: E402
 from tests.face_helpers import (FACES, REPO, SENTENCES, dark_pixels, espeak_speech, heldout_portrait,  # noqa: E402
                                 piper_speech)
 

@@ -9,7 +9,7 @@ pytest.importorskip("cv2")
 
 from avatar.face import FaceAnimator, FaceLibrary  # noqa: E402
 from avatar.face.controls import IdleMotion  # noqa: E402
-from avatar.tts.base import Phoneme  # noqa: E402
+from avatar.models.tts.base import Phoneme  # noqa: E402
 from tests.face_helpers import FACES  # noqa: E402
 
 SR = 22050

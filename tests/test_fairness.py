@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from avatar.client import talk
+from avatar.tools.client import talk
 from tests.conftest import FAST
 from tests.speech import espeak_wav
 

@@ -1,6 +1,6 @@
 """Hostile and broken input (issue 5): property-based fuzzing of the protocol with hypothesis.
 
-* ``avatar.protocol`` parsing, in-process: many examples, milliseconds each.
+* ``avatar.net.protocol`` parsing, in-process: many examples, milliseconds each.
 * The server's connection handler, in-process with fake models: random sequences of random messages
   (bad JSON, wrong types, unknown kinds, truncated frames, odd audio, out-of-order hellos, floods) end
   with error events or a clean close, never an internal error, and leave no session behind.
@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from avatar.client import talk
+from avatar.tools.client import talk
 from avatar.config import load_config
 from avatar.errors import ProtocolError
-from avatar.memory import MemoryStore
-from avatar.protocol import CLIENT_MESSAGES, MAX_ID_CHARS, parse_audio_message, parse_text_message
-from avatar.services import Services
-from avatar.server import AvatarServer
+from avatar.conversation.memory import MemoryStore
+from avatar.net.protocol import CLIENT_MESSAGES, MAX_ID_CHARS, parse_audio_message, parse_text_message
+from avatar.runtime.services import Services
+from avatar.net.server import AvatarServer
 from tests.conftest import FAST, start_server
 from tests.fakes import fake_models, speech_like
 

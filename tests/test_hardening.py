@@ -16,14 +16,15 @@ from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from avatar.access import AccessPolicy, admit, is_loopback_host, secret_hash
-from avatar.client import talk
+from avatar.conversation.admission import admit, secret_hash
+from avatar.net.access import AccessPolicy, is_loopback_host
+from avatar.tools.client import talk
 from avatar.config import load_config
 from avatar.errors import ConfigError
 from avatar.events import ErrorRaised, Interrupted, TurnEnded, TurnStarted, to_wire
-from avatar.limits import ConnectionGuard, SlidingWindow, TokenBucket
-from avatar.memory import MemoryStore, Turn
-from avatar.metrics import ServerMetrics, parse_text_format
+from avatar.net.limits import ConnectionGuard, SlidingWindow, TokenBucket
+from avatar.conversation.memory import MemoryStore, Turn
+from avatar.net.metrics import ServerMetrics, parse_text_format
 from tests.conftest import FAST
 
 NO_VIDEO = {"video.enabled": False}

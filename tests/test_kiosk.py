@@ -1,4 +1,4 @@
-"""Kiosk mode (/kiosk, avatar/kiosk.py, docs/kiosk.md) in headless Chromium with a fake camera and microphone.
+"""Kiosk mode (/kiosk, avatar/kiosk/visit.py, docs/kiosk.md) in headless Chromium with a fake camera and microphone.
 
 The fake camera plays a .y4m made here from faces/astronaut.png: a face, then an empty room, then a face
 again (the next visitor), then an empty room. The fake microphone plays espeak-ng speech on the same
@@ -96,7 +96,7 @@ def test_presence_detector_sees_a_face_and_an_empty_room():
     import cv2
 
     from avatar.errors import ProtocolError
-    from avatar.presence import FaceDetector
+    from avatar.kiosk.presence import FaceDetector
 
     detector = FaceDetector.shared()
     face = detector.detect(cv2.imencode(".jpg", portrait_frame())[1].tobytes())
@@ -118,7 +118,7 @@ def test_presence_detector_sees_a_face_and_an_empty_room():
 
 
 def test_denoiser_raises_snr_of_speech_in_noise(tmp_path):
-    from avatar.audio_denoise import Denoiser, denoise_file
+    from avatar.media.denoise import Denoiser, denoise_file
 
     speech = espeak_wav("The museum opens at nine in the morning.", tmp_path / "s.wav", 16000)
     noise = np.random.default_rng(0).normal(0, 1, len(speech)).astype(np.float32)

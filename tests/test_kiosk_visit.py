@@ -1,4 +1,4 @@
-"""KioskVisit (avatar/kiosk.py) in-process on fake models: arrival, greeting without the LLM, the end of a
+"""KioskVisit (avatar/kiosk/visit.py) in-process on fake models: arrival, greeting without the LLM, the end of a
 visit and what is forgotten, attract lines, waking on speech without a camera. The real face detector and
 the page are in tests/test_kiosk.py."""
 
@@ -8,8 +8,8 @@ import asyncio
 import base64
 
 from avatar.events import Presence, TurnEnded, TurnStarted, VisitEnded
-from avatar.kiosk import KioskVisit
-from avatar.presence import Sighting
+from avatar.kiosk.visit import KioskVisit
+from avatar.kiosk.presence import Sighting
 from tests.fakes import speech_like
 from tests.harness import feed, open_harness, wait_for
 
@@ -128,7 +128,7 @@ async def test_closing_mid_visit_ends_and_forgets_it(tmp_path):
 
 def test_default_lines_follow_the_persona_language():
     from avatar.config import load_config
-    from avatar.kiosk import kiosk_line
+    from avatar.kiosk.visit import kiosk_line
 
     zh = load_config(overrides={"persona": {"language": "zh"}})
     assert kiosk_line(zh, "greeting").startswith("您好")

@@ -21,7 +21,7 @@ from avatar.knowledge.grounding import approx_tokens, make_grounding
 from avatar.knowledge.loaders import LoadError, load_sections
 from avatar.knowledge.specifics import Support, specifics
 from avatar.knowledge.terms import query_terms
-from avatar.memory import Turn
+from avatar.conversation.memory import Turn
 from tests.pdf_writer import write_pdf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -403,7 +403,7 @@ class ScriptedLLM:
 
 
 def test_eval_scores_answers_inventions_and_the_check(tmp_path):
-    from avatar.knowledge.evaluate import run_eval
+    from avatar.tools.kb_evaluate import run_eval
 
     questions = {"business": "Bluebell Bikes",
                  "known": [{"q": "How much is a basic tune-up?", "expect": "(?<!\\d)45(?!\\d)", "source": "services.csv"},

@@ -34,7 +34,7 @@ class SpyTTS:
     def synthesize(self, text):
         import numpy as np
 
-        from avatar.tts.base import SpeechChunk
+        from avatar.models.tts.base import SpeechChunk
 
         self.said.append(text)
         yield SpeechChunk(np.zeros(2205, np.int16), text, [])
@@ -112,7 +112,7 @@ async def test_supported_answer_passes_and_names_its_sources(grounded):
     rt, session, wire, tts = grounded(llm)
     end = await ask(session, wire, "When do you close on Saturday?")
     assert end["reply"] == "On Saturdays we are open from 10 am until 4 pm."
-    assert " ".join(tts.said) == end["reply"]  # the first phrase may go ahead (avatar/clauses.py)
+    assert " ".join(tts.said) == end["reply"]  # the first phrase may go ahead (avatar/conversation/clauses.py)
     assert end["sources"][0] == "opening-hours.md"
     # The turn reports its time in the knowledge base (retrieval and the clauses' check): milliseconds.
     assert 0 < wire.of("latency")[-1]["knowledge_ms"] < 1000
@@ -143,7 +143,7 @@ async def test_without_knowledge_turns_are_unchanged(tmp_path):
 # -- the real default model ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def default_llm():
-    from avatar.models import load_llm
+    from avatar.models.loading import load_llm
 
     config = load_config(None)
     return load_llm(config.llm)
@@ -186,8 +186,8 @@ class PrimingLLM(WordLLM):
 
 
 def test_an_edited_standing_folder_goes_into_the_llm_slots_once(tmp_path):
-    from avatar.memory import MemoryStore
-    from avatar.services import Services
+    from avatar.conversation.memory import MemoryStore
+    from avatar.runtime.services import Services
 
     folder = tmp_path / "kb"
     folder.mkdir()

@@ -27,8 +27,8 @@ from avatar.live.intake import LiveIntake
 from avatar.live.report import LiveReport
 from avatar.live.show import ShowError, load_show, parse_show
 from avatar.live.sink import LiveTimeline
-from avatar.memory import MemoryStore
-from avatar.services import Services
+from avatar.conversation.memory import MemoryStore
+from avatar.runtime.services import Services
 from tests.conftest import REPO, free_port
 from tests.fakes import WordLLM, fake_models
 from tests.rtmp_server import RtmpServer, nginx_available
@@ -412,7 +412,7 @@ def test_a_two_minute_show_streams_over_rtmp_and_answers_every_comment(tmp_path)
 
 def test_the_face_forgets_speech_long_past():
     from avatar.face import FaceLibrary
-    from avatar.media import build_animator
+    from avatar.face.animator import build_animator
 
     faces = FaceLibrary([REPO / "faces"], progress=None)
     animator = build_animator(faces.get("astronaut"), sample_rate=22050, fps=25)

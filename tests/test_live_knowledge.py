@@ -11,8 +11,8 @@ from avatar.live.comments import Comment, CommentDesk
 from avatar.live.report import LiveReport
 from avatar.live.show import parse_show
 from avatar.live.sink import LiveTimeline
-from avatar.memory import MemoryStore
-from avatar.services import Services
+from avatar.conversation.memory import MemoryStore
+from avatar.runtime.services import Services
 from tests.fakes import WordLLM, fake_models
 from tests.test_live import show_data
 

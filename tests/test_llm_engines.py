@@ -1,4 +1,4 @@
-"""Several llama.cpp engines of one model (avatar.llm.engines), with the real default model."""
+"""Several llama.cpp engines of one model (avatar.models.llm.engines), with the real default model."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 
 from avatar.config import LLMConfig
 from avatar.errors import ConfigError
-from avatar.llm.base import prime_slots
-from avatar.llm.engines import EnginePool, engine_count, slot_shares
-from avatar.models import load_llm
+from avatar.models.llm.base import prime_slots
+from avatar.models.llm.engines import EnginePool, engine_count, slot_shares
+from avatar.models.loading import load_llm
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."}
 

@@ -10,8 +10,8 @@ import pytest
 
 from avatar.config import LLMConfig
 from avatar.errors import ConfigError, ModelMissingError, StageError
-from avatar.models import load_llm, resolve_llm
-from avatar.tiers import pick_llm_tier
+from avatar.models.loading import load_llm, resolve_llm
+from avatar.models.tiers import pick_llm_tier
 
 SYSTEM = {"role": "system", "content": "You are Sam. Answer in one short sentence."}
 QUESTIONS = ["Hi, I am Ada.", "What is two plus two?", "Name a colour.", "Name a fruit.", "Name an animal.",
@@ -99,7 +99,7 @@ def test_tiers_follow_the_machine():
 
 
 def test_missing_large_tier_names_the_install(monkeypatch):
-    from avatar import weights
+    from avatar.models import weights
 
     monkeypatch.setattr(weights, "installed", lambda parts: False)
     with pytest.raises(ModelMissingError, match=r"llm-large"):
@@ -107,7 +107,7 @@ def test_missing_large_tier_names_the_install(monkeypatch):
 
 
 def test_cuda_without_a_gpu_build_says_what_to_install(monkeypatch):
-    import avatar.llm.xllamacpp_backend as backend
+    import avatar.models.llm.xllamacpp_backend as backend
 
     monkeypatch.setattr(backend, "gpu_present", lambda: False)
     with pytest.raises(ConfigError, match="CUDA build"):
@@ -117,7 +117,7 @@ def test_cuda_without_a_gpu_build_says_what_to_install(monkeypatch):
 def test_warm_up_primes_every_slot_with_the_system_prompt(qwen):
     """After prime_slots, conversations arriving at once each find the system prompt in their slot: none
     evaluates it again (a cold slot would evaluate all of it before its first token)."""
-    from avatar.llm.base import prime_slots
+    from avatar.models.llm.base import prime_slots
 
     system = {"role": "system", "content": "You are Kim, the guide of a small museum of clocks. " * 6}
     assert prime_slots(qwen, [system, {"role": "user", "content": "Hello!"}]) == len(qwen._slots) == 2
@@ -142,7 +142,7 @@ def test_warm_up_primes_every_slot_with_the_system_prompt(qwen):
 
 
 def test_a_paused_reply_goes_on_where_it_stopped(qwen):
-    """avatar.pacing pauses a reply that is far ahead of its listener: the request stops, the slot is
+    """avatar.conversation.pacing pauses a reply that is far ahead of its listener: the request stops, the slot is
     kept, and the reply goes on as a continuation of the same assistant message, from the slot's cache."""
     prompt = [SYSTEM, {"role": "user", "content": "Count from one to twenty in digits, separated by commas."}]
     whole = "".join(qwen.stream_chat(prompt, max_tokens=40, temperature=0.0, conversation="moon"))

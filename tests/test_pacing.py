@@ -1,11 +1,11 @@
-"""Replies that have not started speaking go first on the shared LLM (avatar.pacing): a reply far ahead of
+"""Replies that have not started speaking go first on the shared LLM (avatar.conversation.pacing): a reply far ahead of
 its listener pauses while another waits for its first words."""
 
 from __future__ import annotations
 
 import pytest
 
-from avatar.pacing import ReplyPacing, speech_seconds
+from avatar.conversation.pacing import ReplyPacing, speech_seconds
 from tests.fakes import WordLLM, fake_models
 from tests.harness import open_harness, wait_for
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from avatar.metrics import parse_text_format, resident_memory_bytes
-from avatar.protocol import KIND_AUDIO
+from avatar.net.metrics import parse_text_format, resident_memory_bytes
+from avatar.net.protocol import KIND_AUDIO
 from tests.conftest import REPO, ServerProc, start_server
 
 LONG_REPLY = " ".join(["The lighthouse keeper climbed the stairs again, counting every step."] * 12)

@@ -107,8 +107,8 @@ def test_a_full_disk_keeps_conversations_in_memory_reports_it_and_writes_later(l
 
 # -- the memory store on its own (no server) ----------------------------------------------------------------------
 def test_the_store_queues_writes_retries_them_and_answers_from_the_queue(tmp_path):
-    from avatar.access import admit, secret_hash
-    from avatar.memory import MemoryStore, Turn
+    from avatar.conversation.admission import admit, secret_hash
+    from avatar.conversation.memory import MemoryStore, Turn
 
     path = tmp_path / "data" / "memory.sqlite3"
     path.parent.mkdir(mode=0o755)
@@ -145,7 +145,7 @@ def test_the_store_queues_writes_retries_them_and_answers_from_the_queue(tmp_pat
 
 
 def test_the_stall_watch_spares_a_slow_reader_and_cuts_a_silent_one():
-    from avatar.limits import StallWatch
+    from avatar.net.limits import StallWatch
 
     class Transport:
         size = 0

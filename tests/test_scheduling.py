@@ -1,4 +1,4 @@
-"""Fair turns between sessions (avatar.scheduling) and the language model's slot table (avatar.llm.slots)."""
+"""Fair turns between sessions (avatar.runtime.scheduling) and the language model's slot table (avatar.models.llm.slots)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from avatar.llm.slots import SlotTable
-from avatar.scheduling import FairQueue, SessionGone
+from avatar.models.llm.slots import SlotTable
+from avatar.runtime.scheduling import FairQueue, SessionGone
 
 
 async def _settle():
@@ -202,8 +202,8 @@ async def test_runtime_routes_sessions_through_fair_turns(tmp_path):
     import numpy as np
 
     from avatar.config import Config
-    from avatar.memory import MemoryStore
-    from avatar.services import Services
+    from avatar.conversation.memory import MemoryStore
+    from avatar.runtime.services import Services
     from tests.fakes import WordLLM, fake_models
 
     llm = WordLLM(reply="hi there", delay=0)
@@ -250,8 +250,8 @@ async def test_runtime_routes_sessions_through_fair_turns(tmp_path):
 
 async def test_a_first_clause_is_synthesised_before_other_replies_later_clauses(tmp_path):
     from avatar.config import Config
-    from avatar.memory import MemoryStore
-    from avatar.services import Services
+    from avatar.conversation.memory import MemoryStore
+    from avatar.runtime.services import Services
     from tests.fakes import ToneTTS, fake_models
 
     started: list[str] = []
@@ -324,8 +324,8 @@ async def test_a_cancelled_transcription_keeps_its_turn_until_its_thread_is_free
     import numpy as np
 
     from avatar.config import Config
-    from avatar.memory import MemoryStore
-    from avatar.services import Services
+    from avatar.conversation.memory import MemoryStore
+    from avatar.runtime.services import Services
     from tests.fakes import FixedASR, fake_models
 
     gate = threading.Event()
@@ -357,8 +357,8 @@ async def test_end_of_turn_questions_take_turns_and_a_stale_one_leaves_the_queue
     import numpy as np
 
     from avatar.config import Config
-    from avatar.memory import MemoryStore
-    from avatar.services import Services
+    from avatar.conversation.memory import MemoryStore
+    from avatar.runtime.services import Services
     from tests.fakes import fake_models
 
     gate = threading.Event()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from avatar.config import TurnConfig
-from avatar.endofturn.policy import EndOfTurnPolicy
+from avatar.conversation.endofturn import EndOfTurnPolicy
 from tests.fakes import fake_models, speech_like
 from tests.harness import feed, open_harness, wait_for
 
@@ -19,7 +19,7 @@ def human_clip(name: str) -> np.ndarray:
     """A real human recording from pytest-audioeval, without its trailing silence."""
     import importlib.util
 
-    from avatar.client import read_wav
+    from avatar.tools.client import read_wav
 
     spec = importlib.util.find_spec("pytest_audioeval")
     if spec is None:
@@ -30,7 +30,7 @@ def human_clip(name: str) -> np.ndarray:
 
 
 def test_smart_turn_tells_a_finished_sentence_from_a_cut_one():
-    from avatar.endofturn.smart_turn import SmartTurnModel
+    from avatar.models.smart_turn import SmartTurnModel
 
     model = SmartTurnModel()
     speech = human_clip("en/quick_brown_fox.wav")  # "The quick brown fox jumps over the lazy dog."
@@ -171,16 +171,16 @@ class LengthASR:
     sample_rate = 16000
 
     def transcribe(self, audio, *, language=None):
-        from avatar.asr.base import Transcript
+        from avatar.models.asr.base import Transcript
 
         return Transcript(f"part{len(audio) / 16000:.1f}")
 
 
 async def test_a_monologue_longer_than_whisper_reads_is_one_turn(tmp_path, monkeypatch):
-    import avatar.listener
+    import avatar.conversation.listener
 
-    monkeypatch.setattr(avatar.listener, "MAX_UTTERANCE_S", 3.0)
-    monkeypatch.setattr(avatar.listener, "MIN_HEAD_S", 1.0)
+    monkeypatch.setattr(avatar.conversation.listener, "MAX_UTTERANCE_S", 3.0)
+    monkeypatch.setattr(avatar.conversation.listener, "MIN_HEAD_S", 1.0)
     harness, _ = _session(tmp_path, 0.3, max_silence_ms=1500)
     harness.services.models.asr = LengthASR()
     try:

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from avatar import weights
+from avatar.models import weights
 from avatar.errors import ConfigError, ModelMissingError
-from avatar.weights import Joined, Part, join_parts, llm_gguf, package_file, piper_voice, whisper_dir
+from avatar.models.weights import Joined, Part, join_parts, llm_gguf, package_file, piper_voice, whisper_dir
 
 
 @pytest.fixture

@@ -227,3 +227,15 @@ class FaceAnimator:
         """Timeline positions of the frames covering ``n_samples`` from ``start`` (frame i at i/fps)."""
         n = int(math.ceil(n_samples * self.fps / self.sample_rate - 1e-9))
         return [start + int(round(i * self.sample_rate / self.fps)) for i in range(n)]
+
+
+def build_animator(face, *, sample_rate: int, video=None, fps: int | None = None, seed: int = 0,
+                   speech_options: dict | None = None, faults: Sequence = ()):
+    """A ``FaceAnimator`` for a prepared ``face``: frame rate and JPEG quality from ``video``
+    (avatar.config.VideoConfig) unless ``fps`` is given; ``faults`` (test-only fault injection) wrap it."""
+    from avatar import faults as fault_injection
+
+    options = {"quality": video.quality} if video is not None else {}
+    animator = FaceAnimator(face, fps=fps or (video.fps if video is not None else 25), sample_rate=sample_rate,
+                            seed=seed, speech_options=speech_options, **options)
+    return fault_injection.wrap_animator(animator, list(faults)) if faults else animator

@@ -9,6 +9,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from avatar.config import REPO_ROOT
 from avatar.errors import FaceError
 from avatar.face.prepare import (CACHE_SUFFIX, CACHE_VERSION, IMAGE_SUFFIXES, PreparedFace, _cache_path,
                                  _fallback_cache_dir, _sha256, face_name_for, prepare_face)
@@ -18,7 +19,7 @@ from avatar.face.prepare import (CACHE_SUFFIX, CACHE_VERSION, IMAGE_SUFFIXES, Pr
 
 def default_faces_dir() -> Path:
     """The package's faces folder (the repository's ``faces/``)."""
-    return Path(__file__).resolve().parent.parent.parent / "faces"
+    return REPO_ROOT / "faces"
 
 
 class FaceLibrary:

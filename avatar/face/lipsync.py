@@ -121,7 +121,7 @@ def lipsync_check(face, audio: np.ndarray, sample_rate: int, phonemes: Sequence 
     The speech starts ``lead_s`` into the clip and the clip ends ``lead_s`` after it, so the measure
     also sees the mouth at rest before and after.
     """
-    from avatar.media import build_animator
+    from avatar.face.animator import build_animator
 
     audio = np.asarray(audio).reshape(-1)
     lead = int(round(lead_s * sample_rate))

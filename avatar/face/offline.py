@@ -37,7 +37,7 @@ def render_mp4(face: PreparedFace, audio: np.ndarray, sample_rate: int, phonemes
     """
     import av
 
-    from avatar.media import build_animator
+    from avatar.face.animator import build_animator
 
     audio = np.asarray(audio)
     if audio.ndim > 1:
@@ -133,7 +133,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
 def synthesize(tts, text: str) -> tuple[np.ndarray, int, list]:
     """All of ``text`` through a TTSModel: (int16 audio, rate, phonemes relative to the audio start)."""
-    from avatar.tts.base import Phoneme
+    from avatar.models.tts.base import Phoneme
 
     audio, phonemes, offset = [], [], 0
     rate = int(tts.sample_rate)

@@ -10,7 +10,7 @@ and/or an MP4 file.
     intake.py    where comments come from: HTTP POST, a WebSocket feed, stdin JSON lines, adapters
     sink.py      the headless output timeline: the session's audio and the face's frames, paced in real time
     stream.py    PyAV encoding once and muxing to every output; RTMP reconnects without stopping the show
-    host.py      the show loop driving a Session (avatar.session) through its turns
+    host.py      the show loop driving a Session (avatar.conversation.session) through its turns
     report.py    log lines and Prometheus metrics of the show
     cli.py       the ``live`` subcommand
 """

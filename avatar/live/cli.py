@@ -68,7 +68,7 @@ def _block_list(args) -> tuple[str, ...]:
 def cmd_live(args) -> int:
     from avatar.config import config_from_args
     from avatar.live.show import load_show
-    from avatar.services import Services, cap_malloc_arenas
+    from avatar.runtime.services import Services, cap_malloc_arenas
 
     if not (args.rtmp or args.hls or args.record):
         raise ConfigError("avatar live needs somewhere to stream: --rtmp URL, --hls DIR and/or --record FILE.mp4")
@@ -113,7 +113,7 @@ async def run_live(services, show, args, blocked: tuple[str, ...] = ()) -> None:
     from avatar.live.report import LiveReport
     from avatar.live.sink import LiveTimeline
     from avatar.live.stream import StreamSettings, Streamer
-    from avatar.metrics import resident_memory_bytes
+    from avatar.net.metrics import resident_memory_bytes
 
     loop = asyncio.get_running_loop()
     cfg = services.config

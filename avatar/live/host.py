@@ -1,6 +1,6 @@
 """The show loop: the host presents each segment, answers viewers' comments, and goes back to the show.
 
-The host is one ``Session`` (avatar/session.py) opened by the ``SessionFactory`` on a headless output
+The host is one ``Session`` (avatar/conversation/session.py) opened by the ``SessionFactory`` on a headless output
 timeline (avatar/live/sink.py). An improvised segment and a comment's answer are turns of that session
 (``Session.say``: LLM -> clauses -> TTS -> timeline + face); a script line, the viewer's name and comment
 read out before the answer, and the line that returns to the show are spoken as written (TTS only).
@@ -23,9 +23,9 @@ import logging
 import threading
 import time
 
-from avatar.clauses import heard_text
+from avatar.conversation.clauses import heard_text
 from avatar.events import EventBus, TurnEnded, TurnStarted
-from avatar.factory import SessionFactory
+from avatar.conversation.factory import SessionFactory
 from avatar.live.comments import Comment, CommentDesk, lead_in, prompt_for
 from avatar.live.show import Segment, Show
 

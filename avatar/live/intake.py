@@ -24,7 +24,7 @@ from typing import Awaitable, Callable, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from avatar.live.comments import CommentDesk, CommentError, parse_comment
-from avatar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from avatar.net.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What the show reports: log lines (and JSON lines with ``--json``) and Prometheus metrics at /metrics.
 
-Metrics (text exposition format, avatar/metrics.py):
+Metrics (text exposition format, avatar/net/metrics.py):
     avatar_live_segments_done_total                  segments presented to the end
     avatar_live_comments_received_total{source}      every comment that arrived (http, ws, stdin, adapters)
     avatar_live_comments_answered_total
@@ -27,7 +27,7 @@ import sys
 import time
 
 from avatar.events import Event, TurnEnded
-from avatar.metrics import Counter, Gauge, Registry, resident_memory_bytes
+from avatar.net.metrics import Counter, Gauge, Registry, resident_memory_bytes
 
 log = logging.getLogger("avatar.live")
 

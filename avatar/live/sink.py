@@ -1,7 +1,7 @@
 """The headless output timeline: a session's speech and its face as one stream, paced in real time.
 
 ``LiveTimeline`` implements the contract a ``Session`` needs from its output timeline (the same as
-avatar.timeline.MediaTimeline's): ``place_audio``, ``clock``, ``is_playing``, ``flush_audio``,
+avatar.net.timeline.MediaTimeline's): ``place_audio``, ``clock``, ``is_playing``, ``flush_audio``,
 ``add_listener``, ``attach_video``, ``send_event``, ``report_playback``, ``audio_end``. Instead of a
 browser's playback clock it has its own: ``clock()`` is the next sample the stream takes. A clock thread
 takes one frame's worth of samples at a time (silence where nothing was placed), renders the face at that
@@ -40,7 +40,7 @@ class LiveTimeline:
         self.audio_lead = int(audio_lead_s * sample_rate)
         self.ahead_s = ahead_s
         self.late_s = late_s
-        self.video = None  # avatar.media.FaceVideo
+        self.video = None  # avatar.media.face_video.FaceVideo
         self.audio_end = 0
         self.frames = 0
         self.frames_repeated = 0

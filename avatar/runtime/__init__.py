@@ -1,0 +1,1 @@
+"""What every session shares: models loaded once (``services``), fair scheduling between sessions, threads."""
