@@ -26,6 +26,7 @@ def _progress(line: str) -> None:
 
 def cmd_serve(args) -> int:
     from avatar.runtime.services import Services, cap_malloc_arenas
+    from avatar.kiosk.door import KioskDoor
     from avatar.net.server import AvatarServer
 
     cap_malloc_arenas()
@@ -36,7 +37,7 @@ def cmd_serve(args) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     runtime = Services.load(config, progress=_progress)
-    server = AvatarServer(runtime)
+    server = AvatarServer(runtime, doors=[KioskDoor(runtime)])
 
     def ready(ws_server) -> None:
         bound = ws_server.sockets[0].getsockname()[1] if ws_server.sockets else port

@@ -29,6 +29,7 @@ from avatar.errors import ProtocolError
 from avatar.conversation.memory import MemoryStore
 from avatar.net.protocol import CLIENT_MESSAGES, MAX_ID_CHARS, parse_audio_message, parse_text_message
 from avatar.runtime.services import Services
+from avatar.kiosk.door import KioskDoor
 from avatar.net.server import AvatarServer
 from tests.conftest import FAST, start_server
 from tests.fakes import fake_models, speech_like
@@ -149,7 +150,7 @@ def fake_server(tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz")
     config = load_config(None, {"server": {"data_dir": str(path)}, "limits": {"max_message_bytes": 4096}})
     runtime = Services(config, fake_models(), MemoryStore(path / "memory.sqlite3"))
-    yield AvatarServer(runtime)
+    yield AvatarServer(runtime, doors=[KioskDoor(runtime)])
     runtime.close()
 
 

@@ -30,7 +30,7 @@ def kiosk(tmp_path, **settings):
     ended = []
     visit = KioskVisit(h.services, h.session, emit=h.bus.emit, end_connection=lambda: ended.append(True),
                        detector=MarkerDetector())
-    h.session.kiosk = visit
+    h.session.on_close(visit.close)
     h.bus.subscribe(visit.observe)
     return h, visit, ended
 

@@ -80,13 +80,14 @@ class SessionFactory:
             faces=list(services.faces.names) if services.faces is not None else [],
         ))
         conversation = Conversation(admission.session_id, admission.user_id, history)
-        session = Session(services, timeline, emit=emit, conversation=conversation, face=face,
-                          resumed=admission.resumed)
-        timeline.attach_video(face)
+        denoiser = None
         if services.config.audio.denoise != "off":  # per session: the model keeps state across frames
             from avatar.media.denoise import make_denoiser
 
-            session.denoiser = make_denoiser(services.config.audio)
+            denoiser = make_denoiser(services.config.audio)
+        session = Session(services, timeline, emit=emit, conversation=conversation, face=face,
+                          resumed=admission.resumed, denoiser=denoiser)
+        timeline.attach_video(face)
         log.info("session %s opened (user=%s, resumed=%s, %d turns of history)", admission.session_id[:8],
                  admission.user_id, admission.resumed, len(history))
         return session

@@ -25,7 +25,7 @@ from avatar.conversation.turns import Conversation, TurnRunner, TurnState, repor
 
 class Session:
     def __init__(self, services, timeline, *, emit: Callable[[Event], None], conversation: Conversation,
-                 face=None, resumed: bool = False):
+                 face=None, resumed: bool = False, denoiser=None):
         self.services = services
         self.timeline = timeline  # avatar.net.timeline.MediaTimeline of this connection
         self.emit = emit
@@ -33,8 +33,8 @@ class Session:
         self.face = face  # avatar.media.face_video.FaceVideo, or None without video
         self.resumed = resumed
         self.closed = False
-        self.kiosk = None  # avatar.kiosk.visit.KioskVisit when the client is a kiosk (hello "kiosk": true)
-        self.denoiser = None  # avatar.media.denoise.Denoiser when audio.denoise is on
+        self.denoiser = denoiser  # avatar.media.denoise.Denoiser when audio.denoise is on
+        self._close_callbacks: list[Callable[[], None]] = []
         self.turns = TurnRunner(services, conversation, emit=emit, timeline=timeline, face=face)
         self.listener = Listener(services, self, session_id=conversation.session_id)
         services.open_sessions.add(conversation.session_id)
@@ -122,10 +122,15 @@ class Session:
         turn.t_ref = t_end
         turn.mark("endpoint", t_decision)
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the session closes, after the turn in progress was stored (a kiosk visit
+        forgets its turns there)."""
+        self._close_callbacks.append(callback)
+
     def close(self) -> None:
         self.closed = True
         self.listener.close()
         self.turns.close()
-        if self.kiosk is not None:
-            self.kiosk.close()  # after the turn in progress was stored: a kiosk may forget the whole visit
+        for callback in self._close_callbacks:
+            callback()
         self.services.forget_session(self.session_id)  # its queued transcriptions, syntheses and replies

@@ -20,6 +20,7 @@ import mimetypes
 import signal
 import time
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -28,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from avatar.net.access import AccessPolicy, Refusal
+from avatar.net.doors import Connection, FrontDoor
 from avatar.errors import AvatarError, ProtocolError
 from avatar.events import ErrorRaised, EventBus, Pong
 from avatar.conversation.factory import SessionFactory
@@ -44,8 +46,9 @@ log = logging.getLogger(__name__)
 
 
 class AvatarServer:
-    def __init__(self, services: Services):
+    def __init__(self, services: Services, *, doors: Sequence[FrontDoor] = ()):
         self.services = services
+        self.doors = list(doors)  # entry points beside the chat page, e.g. avatar.kiosk.KioskDoor
         cfg = services.config
         self.web_root = Path(cfg.server.web_root or REPO_ROOT / "web_client").resolve()
         self.sessions: set[Session] = set()
@@ -87,7 +90,8 @@ class AvatarServer:
             if refusal is not None:
                 return self._refuse(refusal)
             return self._response(http.HTTPStatus.OK, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
-        return self._static("/kiosk.html" if path == "/kiosk" else path)  # the kiosk page (docs/kiosk.md)
+        pages = {page: file for door in self.doors for page, file in door.pages.items()}
+        return self._static(pages.get(path, path))
 
     def _check_handshake(self, connection: ServerConnection, request: Request,
                          refusal: Refusal | None) -> Refusal | None:
@@ -127,10 +131,9 @@ class AvatarServer:
             "sessions": len(self.sessions), "connections": self.addresses.total(),
             "max_sessions": services.config.limits.max_sessions, "uptime_s": round(time.time() - self.started, 1),
             "token_required": self.access.required,
-            # kiosk monitoring: kiosk pages connected now, and how many have a visitor in front of them
-            "kiosks": sum(1 for s in self.sessions if s.kiosk is not None),
-            "visitors": sum(1 for s in self.sessions if s.kiosk is not None and s.kiosk.state == "visit"),
         }
+        for door in self.doors:
+            health.update(door.health())
         if self.closing:
             health["closing"] = True
         if services.faults:
@@ -204,13 +207,13 @@ class AvatarServer:
                             self._limited(bus, guard, hit)
                             continue
                         if session is None:
-                            session = self._open_session(timeline, bus, {})
+                            session = self._open_session(timeline, bus, {}, ws)
                         session.on_audio(samples)
                         continue
                     parsed = parse_text_message(message)
                     if session is None:
                         session = self._open_session(timeline, bus, parsed.fields if parsed.type == "hello" else {},
-                                                     ws=ws)
+                                                     ws)
                         if parsed.type == "hello":
                             continue
                     if parsed.type == "text" and (hit := guard.on_text_turn()) is not None:
@@ -338,30 +341,26 @@ class AvatarServer:
             self.factory.switch_face(session, fields["name"])
         elif kind == "ping":
             bus.emit(Pong())
-        elif kind == "camera_frame":
-            if session.kiosk is None:
-                raise ProtocolError("'camera_frame' is for kiosk pages: send {\"type\": \"hello\", \"kiosk\": true} "
-                                    "as the connection's first message")
-            session.kiosk.camera_frame(fields)
         elif kind == "hello":
             raise ProtocolError("'hello' must be the first message of a connection")
+        elif not any(door.on_message(session, kind, fields) for door in self.doors):
+            raise ProtocolError(f"'{kind}' messages are not served by this server")
 
-    def _open_session(self, timeline: MediaTimeline, bus: EventBus, hello: dict,
-                      ws: ServerConnection | None = None) -> Session:
+    def _open_session(self, timeline: MediaTimeline, bus: EventBus, hello: dict, ws: ServerConnection) -> Session:
         session = self.factory.open(timeline, hello, emit=bus.emit)
-        if hello.get("kiosk") and ws is not None:  # presence, greeting, one conversation per visit
-            from avatar.kiosk.visit import KioskVisit
 
-            async def end_visit() -> None:
-                await timeline.drain(1.0)  # the visit_end event first
-                try:
-                    await asyncio.wait_for(ws.close(1000, "visit ended"), 3.0)
-                except (asyncio.TimeoutError, ConnectionClosed):
-                    pass
+        async def close_after_queued(reason: str) -> None:
+            await timeline.drain(1.0)  # the events queued before it first (a kiosk's visit_end)
+            try:
+                await asyncio.wait_for(ws.close(1000, reason[:120]), 3.0)
+            except (asyncio.TimeoutError, ConnectionClosed):
+                pass
 
-            session.kiosk = KioskVisit(self.services, session, emit=bus.emit,
-                                       end_connection=lambda: asyncio.ensure_future(end_visit()))
-            bus.subscribe(session.kiosk.observe)
+        def end(reason: str) -> None:
+            asyncio.ensure_future(close_after_queued(reason))
+
+        for door in self.doors:
+            door.session_opened(session, hello, Connection(bus, end))
         self.sessions.add(session)
         self.metrics.sessions_opened.inc(resumed=str(session.resumed).lower())
         return session

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -52,6 +52,7 @@ class Services:
     memory: MemoryStore
     faces: object | None = None  # avatar.face.FaceLibrary when video is on
     knowledge: object | None = None  # avatar.knowledge.Knowledge when knowledge.path is set
+    faults: list = field(default_factory=list)  # avatar.faults.Fault, only when AVATAR_FAULTS was set at start-up
 
     def __post_init__(self) -> None:
         sessions = max(2, self.config.limits.max_sessions)
@@ -89,7 +90,6 @@ class Services:
         self._primed: str | None = None  # the system prompt last put into every LLM slot
         self._token_cache: dict[str, int] = {}
         self._token_lock = threading.Lock()
-        self.faults: list = []  # avatar.faults.Fault, only when AVATAR_FAULTS was set at start-up
 
     @property
     def output_rate(self) -> int:
@@ -126,7 +126,7 @@ class Services:
             # Passages are sized with a tokenizer-free estimate: ground() runs on the event loop, and the
             # xllamacpp tokenizer is a 3 ms localhost round trip per text (BENCHMARKS.md: estimate vs count).
             knowledge = Knowledge.open(config, progress=progress)
-        runtime = cls(config, models, memory, faces, knowledge)
+        runtime = cls(config, models, memory, faces, knowledge, injected)
         if knowledge is not None and knowledge.watcher is not None:
             knowledge.watcher.on_change = runtime._knowledge_changed
         if config.server.warm_up:
@@ -136,7 +136,6 @@ class Services:
             progress(f"WARNING: fault injection is ON ({fault_injection.ENV}="
                      f"{','.join(str(f) for f in injected)}); never use this in production")
         progress(f"models ready in {time.monotonic() - t0:.1f} s")
-        runtime.faults = injected
         return runtime
 
     def warm_up(self, progress: Callable[[str], None]) -> None:
