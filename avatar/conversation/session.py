@@ -18,16 +18,17 @@ from typing import Callable
 
 import numpy as np
 
-from avatar.events import Event, Transcript
 from avatar.conversation.listener import Listener
 from avatar.conversation.turns import Conversation, TurnRunner, TurnState, report_error
+from avatar.events import Event, Transcript
+from avatar.media.contract import Timeline
 
 
 class Session:
-    def __init__(self, services, timeline, *, emit: Callable[[Event], None], conversation: Conversation,
+    def __init__(self, services, timeline: Timeline, *, emit: Callable[[Event], None], conversation: Conversation,
                  face=None, resumed: bool = False, denoiser=None):
         self.services = services
-        self.timeline = timeline  # avatar.net.timeline.MediaTimeline of this connection
+        self.timeline = timeline  # this connection's output (avatar.media.contract.Timeline)
         self.emit = emit
         self.conversation = conversation
         self.face = face  # avatar.media.face_video.FaceVideo, or None without video

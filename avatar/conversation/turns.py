@@ -21,12 +21,21 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from avatar.conversation.clauses import ClauseSplitter, heard_text
-from avatar.errors import AvatarError, StageError
-from avatar.events import (LATENCY_STAGES, ErrorRaised, Event, Interrupted, ReplyDelta, StateChanged, TurnEnded,
-                           TurnStarted)
 from avatar.conversation.memory import Turn
 from avatar.conversation.pacing import speech_seconds
 from avatar.conversation.prompt import PromptWindow, build_prompt
+from avatar.errors import AvatarError, StageError
+from avatar.events import (
+    LATENCY_STAGES,
+    ErrorRaised,
+    Event,
+    Interrupted,
+    ReplyDelta,
+    StateChanged,
+    TurnEnded,
+    TurnStarted,
+)
+from avatar.media.contract import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +100,12 @@ async def _said(line: str):
 
 
 class TurnRunner:
-    def __init__(self, services, conversation: Conversation, *, emit: Callable[[Event], None], timeline,
+    def __init__(self, services, conversation: Conversation, *, emit: Callable[[Event], None], timeline: Timeline,
                  face=None):
         self.services = services
         self.conversation = conversation
         self.emit = emit
-        self.timeline = timeline  # avatar.net.timeline.MediaTimeline: where reply audio is placed
+        self.timeline = timeline  # where reply audio is placed: the browser's socket, a livestream
         self.face = face  # avatar.media.face_video.FaceVideo or None: animated with the same audio
         self.turn: TurnState | None = None  # the turn being answered (released or speculative)
         self._turn_ids = itertools.count(1)
@@ -281,7 +290,7 @@ class TurnRunner:
         if self.face is not None:
             self.face.add_speech(turn.turn_id, position, audio, chunk.phonemes)
 
-    # -- what the media timeline reports (avatar.net.timeline.MediaListener) ----------------------------------
+    # -- what the media timeline reports (avatar.media.contract.MediaListener) --------------------------------
     def audio_sent(self, turn_id: int, position: int, at: float) -> None:
         turn = self.turn
         if turn is not None and turn.turn_id == turn_id and "audio_out" not in turn.marks:

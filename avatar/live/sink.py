@@ -1,8 +1,7 @@
 """The headless output timeline: a session's speech and its face as one stream, paced in real time.
 
-``LiveTimeline`` implements the contract a ``Session`` needs from its output timeline (the same as
-avatar.net.timeline.MediaTimeline's): ``place_audio``, ``clock``, ``is_playing``, ``flush_audio``,
-``add_listener``, ``attach_video``, ``send_event``, ``report_playback``, ``audio_end``. Instead of a
+``LiveTimeline`` implements the contract a ``Session`` needs from its output timeline
+(avatar.media.contract.Timeline, as the browser's avatar.net.timeline.MediaTimeline does). Instead of a
 browser's playback clock it has its own: ``clock()`` is the next sample the stream takes. A clock thread
 takes one frame's worth of samples at a time (silence where nothing was placed), renders the face at that
 frame's position (``FaceVideo.image``: the resting face is not re-rendered when it looks the same) and

@@ -15,7 +15,7 @@ from avatar.events import Event, FaceControls
 
 
 class FaceVideo:
-    """One session's face on the output timeline (see avatar.net.timeline.VideoSource)."""
+    """One session's face on the output timeline (an avatar.media.contract.VideoSource)."""
 
     def __init__(self, animator, *, fps: int, render_pool=None, frames: bool = True, controls: bool = False,
                  emit: Callable[[Event], None] | None = None, name: str | None = None):

@@ -20,12 +20,13 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from avatar.events import ErrorRaised, Event, to_wire
+from avatar.media.contract import MediaListener, VideoSource
 from avatar.net.protocol import KIND_AUDIO, KIND_VIDEO, media_frame
 
 log = logging.getLogger(__name__)
@@ -44,25 +45,9 @@ class _AudioPacket:
     pcm: bytes
 
 
-class MediaListener(Protocol):
-    """Told what actually went out, on the timeline: the turn runner marks its latencies from these."""
-
-    def audio_sent(self, turn_id: int, position: int, at: float) -> None: ...
-
-    def frame_sent(self, position: int, at: float) -> None: ...
-
-
-class VideoSource(Protocol):
-    """Frames for the timeline (avatar.media.face_video.FaceVideo): rendered on demand, just before they are due."""
-
-    fps: int
-
-    async def render(self, position: int) -> tuple[int, bytes | None]:
-        """(turn_id, JPEG) of the frame at ``position``; JPEG None: nothing to send for this frame."""
-
-
 class MediaTimeline:
-    """One connection's output: JSON events, reply audio and video frames on one sample timeline."""
+    """One connection's output: JSON events, reply audio and video frames on one sample timeline (it implements
+    avatar.media.contract.Timeline)."""
 
     def __init__(
         self,
