@@ -56,9 +56,7 @@ class Harness:
         self.timeline.close()
         if self.sender is not None:
             self.sender.cancel()
-        if shared_llm:
-            self.services.models.llm = None  # Services.close closes the model it holds
-        self.services.close()
+        self.services.close(close_llm=not shared_llm)
 
 
 def open_harness(tmp_path, *, models=None, overrides: dict | None = None, hello: dict | None = None,

@@ -223,18 +223,19 @@ def test_llm_threads_yield_to_media_and_malloc_arenas_are_capped(monkeypatch):
     import sys
     import threading
 
-    from avatar.runtime.services import LLM_NICE, Services, cap_malloc_arenas
+    from avatar.runtime.replies import LLM_NICE
+    from avatar.runtime.services import Services, cap_malloc_arenas
 
     if not sys.platform.startswith("linux"):
         pytest.skip("per-thread priorities and glibc arenas are Linux features")
     runtime = Services(load_config(None), models=None, memory=None)
     base = os.getpriority(os.PRIO_PROCESS, 0)
     try:
-        nice = runtime.llm_pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+        nice = runtime.replies.pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
         render_nice = runtime.render_pool.submit(
             lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
     finally:
-        for pool in (runtime.asr_pool, runtime.llm_pool, runtime.tts_pool, runtime.render_pool):
+        for pool in (runtime.recognition.pool, runtime.replies.pool, runtime.speech.pool, runtime.render_pool):
             pool.shutdown()
     assert nice == min(19, base + LLM_NICE) and render_nice == base
     assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the rest of the process keeps its priority

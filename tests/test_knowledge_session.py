@@ -197,12 +197,12 @@ def test_an_edited_standing_folder_goes_into_the_llm_slots_once(tmp_path):
     llm = PrimingLLM()
     runtime = Services(config, fake_models(llm=llm), MemoryStore(tmp_path / "m.sqlite3"), knowledge=knowledge)
     try:
-        runtime._knowledge_changed(None)  # no warm-up ran: the folder's prompt was never primed
+        runtime.replies.knowledge_changed(None)  # no warm-up ran: the folder's prompt was never primed
         assert len(llm.primed) == 1 and "9 am" in llm.primed[0]
-        runtime._knowledge_changed(None)
+        runtime.replies.knowledge_changed(None)
         assert len(llm.primed) == 1  # the system prompt did not change: nothing to do
         (folder / "hours.md").write_text("# Opening hours\n\nWe open at 10 am on weekdays.\n", encoding="utf-8")
-        runtime._knowledge_changed(knowledge.index.sync())
+        runtime.replies.knowledge_changed(knowledge.index.sync())
         assert len(llm.primed) == 2 and "10 am" in llm.primed[1] and "9 am" not in llm.primed[1]
     finally:
         runtime.close()

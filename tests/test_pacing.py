@@ -59,7 +59,7 @@ async def test_a_turn_passes_its_pace_to_a_backend_that_can_pause(tmp_path):
     llm = PausingLLM()
     harness = open_harness(tmp_path, models=fake_models(llm=llm))
     try:
-        other = harness.services.pacing.reply(lambda: 0.0)  # another session's reply, not speaking yet
+        other = harness.services.replies.pacing.reply(lambda: 0.0)  # another session's reply, not speaking yet
         harness.session.on_text("Tell me everything.")
         await wait_for(lambda: len(llm.answers) == len(llm.reply.split(" ")))
         # The reply's text runs ~20 s of speech ahead of its listener: once its first clause was out and
@@ -71,7 +71,7 @@ async def test_a_turn_passes_its_pace_to_a_backend_that_can_pause(tmp_path):
         assert speech_seconds(" ".join(llm.reply.split(" ")[:first + 1])) > 4.0
         other.started()
         await wait_for(lambda: harness.wire.of("turn_end"))
-        assert harness.services.pacing.starting == 0  # the turn counted itself out at its first clause
+        assert harness.services.replies.pacing.starting == 0  # the turn counted itself out at its first clause
     finally:
         harness.close()
 
@@ -80,7 +80,7 @@ async def test_backends_that_cannot_pause_get_no_hold(tmp_path):
     llm = WordLLM()  # its stream_chat has no ``hold``: a call with one would fail the turn
     harness = open_harness(tmp_path, models=fake_models(llm=llm), heard_everything=True)
     try:
-        harness.services.pacing.reply(lambda: 0.0)
+        harness.services.replies.pacing.reply(lambda: 0.0)
         harness.session.on_text("Hello?")
         await wait_for(lambda: harness.wire.of("turn_end"))
         assert not harness.wire.of("error")

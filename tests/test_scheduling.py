@@ -209,39 +209,39 @@ async def test_runtime_routes_sessions_through_fair_turns(tmp_path):
     llm = WordLLM(reply="hi there", delay=0)
     rt = Services(Config(), fake_models(llm=llm), MemoryStore(tmp_path / "m.sqlite3"))
     try:
-        pieces = [p async for p in rt.stream_chat([{"role": "user", "content": "x"}], threading.Event(), session="s1")]
+        pieces = [p async for p in rt.replies.stream_chat([{"role": "user", "content": "x"}], threading.Event(), session="s1")]
         assert "".join(pieces).strip() == "hi there" and llm.conversations == ["s1"]
         speech = np.ones(16000, np.float32) * 0.1
-        assert await rt.transcribe(speech, kind="final", session="s1")  # FixedASR's text
-        assert await rt.transcribe(speech, kind="partial", session="s1")  # an idle machine: partials run
+        assert await rt.recognition.transcribe(speech, kind="final", session="s1")  # FixedASR's text
+        assert await rt.recognition.transcribe(speech, kind="partial", session="s1")  # an idle machine: partials run
         # Another session's reply being generated: a partial would take its CPU, so it is skipped.
         replying = asyncio.Event()
 
         async def reply():
-            async with rt.llm_queue.turn("s2"):
+            async with rt.replies.queue.turn("s2"):
                 await replying.wait()
 
         generating = asyncio.create_task(reply())
         await _settle()
-        assert await rt.transcribe(speech, kind="partial", session="s1") is None
-        assert await rt.transcribe(speech, kind="final", session="s1")
+        assert await rt.recognition.transcribe(speech, kind="partial", session="s1") is None
+        assert await rt.recognition.transcribe(speech, kind="final", session="s1")
         replying.set()
         await generating
         # Both ASR turns busy: a partial is skipped, a final waits, and goes when its session does.
         hold = asyncio.Event()
 
         async def occupy():
-            async with rt.asr_queue.turn("other", "final"):
+            async with rt.recognition.queue.turn("other", "final"):
                 await hold.wait()
 
-        holders = [asyncio.create_task(occupy()) for _ in range(rt.asr_queue.capacity)]
+        holders = [asyncio.create_task(occupy()) for _ in range(rt.recognition.queue.capacity)]
         await _settle()
-        assert await rt.transcribe(speech, partial=True, session="gone") is None
-        waiting = asyncio.create_task(rt.transcribe(speech, kind="final", session="gone"))
+        assert await rt.recognition.transcribe(speech, kind="partial", session="gone") is None
+        waiting = asyncio.create_task(rt.recognition.transcribe(speech, kind="final", session="gone"))
         await _settle()
-        assert rt.asr_queue.queued_for("gone") == 1
+        assert rt.recognition.queue.queued_for("gone") == 1
         rt.forget_session("gone")
-        assert await waiting is None and rt.asr_queue.queued == 0
+        assert await waiting is None and rt.recognition.queue.queued == 0
         hold.set()
         await asyncio.gather(*holders)
     finally:
@@ -265,27 +265,27 @@ async def test_a_first_clause_is_synthesised_before_other_replies_later_clauses(
 
     rt = Services(Config(), fake_models(tts=GatedTTS()), MemoryStore(tmp_path / "m.sqlite3"))
     try:
-        holds = [asyncio.Event() for _ in range(rt.tts_queue.capacity)]
+        holds = [asyncio.Event() for _ in range(rt.speech.queue.capacity)]
 
         async def occupy(hold):
-            async with rt.tts_queue.turn("busy", "later"):
+            async with rt.speech.queue.turn("busy", "later"):
                 await hold.wait()
 
         holders = [asyncio.create_task(occupy(h)) for h in holds]
         await _settle()
 
         async def say(text: str, session: str, first: bool) -> None:
-            async for _ in rt.synthesize(text, threading.Event(), session=session, first=first):
+            async for _ in rt.speech.synthesize(text, threading.Event(), session=session, first=first):
                 pass
 
         later = asyncio.create_task(say("and then some more", "speaking", False))
         await _settle()
         first = asyncio.create_task(say("Hello!", "starting", True))
         await _settle()
-        assert rt.tts_queue.queued == 2
+        assert rt.speech.queue.queued == 2
         holds[0].set()  # one turn frees up: the first clause, queued last, takes it
         await _settle()
-        assert rt.tts_queue.queued_for("speaking") == 1 and rt.tts_queue.queued_for("starting") == 0
+        assert rt.speech.queue.queued_for("speaking") == 1 and rt.speech.queue.queued_for("starting") == 0
         gate.set()
         await asyncio.wait_for(first, 10)
         for hold in holds:
@@ -338,16 +338,16 @@ async def test_a_cancelled_transcription_keeps_its_turn_until_its_thread_is_free
     rt = Services(Config(), fake_models(asr=GatedASR(delay=0)), MemoryStore(tmp_path / "m.sqlite3"))
     try:
         speech = np.ones(16000, np.float32) * 0.1
-        dropped = asyncio.create_task(rt.transcribe(speech, kind="speculative", session="s1"))
+        dropped = asyncio.create_task(rt.recognition.transcribe(speech, kind="speculative", session="s1"))
         await asyncio.sleep(0.1)  # running in its thread
         dropped.cancel()
         await asyncio.sleep(0.1)
-        assert not dropped.done() and rt.asr_queue.running == 1
+        assert not dropped.done() and rt.recognition.queue.running == 1
         gate.set()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(dropped, 10)
-        assert rt.asr_queue.running == 0
-        assert await rt.transcribe(speech, kind="final", session="s1") == "hello there"
+        assert rt.recognition.queue.running == 0
+        assert await rt.recognition.transcribe(speech, kind="final", session="s1") == "hello there"
     finally:
         gate.set()
         rt.close()
@@ -375,7 +375,7 @@ async def test_end_of_turn_questions_take_turns_and_a_stale_one_leaves_the_queue
     rt = Services(Config(), models, MemoryStore(tmp_path / "m.sqlite3"))
     try:
         def ask(samples: int, session: str) -> asyncio.Task:
-            return asyncio.create_task(rt.turn_end_probability(np.zeros(samples, np.float32), session=session))
+            return asyncio.create_task(rt.recognition.turn_end_probability(np.zeros(samples, np.float32), session=session))
 
         running = ask(100, "chatty")
         await asyncio.sleep(0.1)
@@ -383,11 +383,11 @@ async def test_end_of_turn_questions_take_turns_and_a_stale_one_leaves_the_queue
         await _settle()
         polite = ask(300, "polite")
         await _settle()
-        assert rt.turn_end_queue.queued == 4
+        assert rt.recognition.turn_end_queue.queued == 4
         for task in stale:
             task.cancel()
         await _settle()
-        assert rt.turn_end_queue.queued == 1 and rt.turn_end_queue.queued_for("polite") == 1
+        assert rt.recognition.turn_end_queue.queued == 1 and rt.recognition.turn_end_queue.queued_for("polite") == 1
         gate.set()
         assert await asyncio.wait_for(polite, 10) == 0.9 and await running == 0.9
         assert asked == [100, 300]  # the stale questions were never put to the model

@@ -175,13 +175,13 @@ async def test_no_prefill_beside_another_session(make_session):
     recognised, or its reply written), or another session merely open, may need the cores."""
     llm = PrefillLLM()
     rt, session, wire = make_session(llm=llm)
-    for queue, kind in ((rt.tts_queue, "first"), (rt.asr_queue, "final"), (rt.llm_queue, None)):
+    for queue, kind in ((rt.speech.queue, "first"), (rt.recognition.queue, "final"), (rt.replies.queue, None)):
         async with queue.turn("someone-else", kind):
-            assert await rt.prefill([{"role": "user", "content": "hello"}], session=session.session_id) is False
+            assert await rt.replies.prefill([{"role": "user", "content": "hello"}], session=session.session_id) is False
     rt.open_sessions.add("someone-else")  # open, idle: their next turn may need the cores at any moment
-    assert await rt.prefill([{"role": "user", "content": "hello"}], session=session.session_id) is False
+    assert await rt.replies.prefill([{"role": "user", "content": "hello"}], session=session.session_id) is False
     assert llm.prefilled == []
     rt.forget_session("someone-else")  # closed
     assert rt.open_sessions == {session.session_id}
-    assert await rt.prefill([{"role": "user", "content": "hello"}], session=session.session_id) is True
+    assert await rt.replies.prefill([{"role": "user", "content": "hello"}], session=session.session_id) is True
     assert llm.prefilled == [([{"role": "user", "content": "hello"}], session.session_id)]

@@ -27,7 +27,9 @@ from typing import Protocol
 
 import numpy as np
 
+from avatar.config import Config
 from avatar.conversation.endofturn import EndOfTurnPolicy
+from avatar.conversation.ports import Recognizer
 from avatar.errors import StageError
 from avatar.events import Transcript, VoiceActivity
 from avatar.media.audio import INPUT_SAMPLE_RATE
@@ -61,14 +63,15 @@ class ListenerEvents(Protocol):
 
 
 class Listener:
-    def __init__(self, services, session: ListenerEvents, *, session_id: str):
-        self.services = services
+    def __init__(self, recognition: Recognizer, vad, config: Config, session: ListenerEvents, *, session_id: str):
+        self.recognition = recognition  # shared: transcriptions and end-of-turn questions, in fair turns
+        self.vad = vad  # the shared VAD model; each listener has its own stream of it
+        self.config = config
         self.session = session
         self.session_id = session_id
-        cfg = services.config
-        vad = services.models.vad
+        cfg = config
         self.vad_stream = vad.new_stream()
-        self.detector = services.turn_end  # shared end-of-turn model, or None
+        self.detector = recognition.turn_end  # shared end-of-turn model, or None
         vad_cfg = cfg.vad
         if self.detector is not None:  # the model decides; silence alone ends a turn only at the cap
             vad_cfg = dataclasses.replace(vad_cfg, end_silence_ms=cfg.turn.max_silence_ms)
@@ -111,7 +114,7 @@ class Listener:
     def on_audio(self, samples: np.ndarray) -> None:
         self._input_samples += len(samples)
         self._arrivals.append((self._input_samples, time.monotonic()))
-        vad = self.services.models.vad
+        vad = self.vad
         data = np.concatenate([self._pending_input, samples]) if len(self._pending_input) else samples
         n = vad.frame_samples
         usable = len(data) - len(data) % n
@@ -153,7 +156,7 @@ class Listener:
         elif kind == "pause":
             self._pause += 1
             self._pause_frame = len(self._utterance or ())
-            cfg = self.services.config.turn
+            cfg = self.config.turn
             self._next_ask_ms = cfg.ask_after_ms + cfg.ask_every_ms  # the early answer covers the first ask
             self._speculate()
             self._ask_early()
@@ -181,7 +184,7 @@ class Listener:
         head = np.concatenate(frames[:cut] + [self._padding])
         del frames[:cut]
         self._pause_frame = 0
-        self._heads.append(self._task(self.services.transcribe(head, kind="speculative", session=self.session_id)))
+        self._heads.append(self._task(self.recognition.transcribe(head, kind="speculative", session=self.session_id)))
 
     async def _with_heads(self, heads: list[asyncio.Task], text: str) -> str:
         """``text`` after the transcripts of the utterance's earlier parts."""
@@ -202,7 +205,7 @@ class Listener:
         if self.detector is None or self._utterance is None:
             return
         self._cancel_asking()  # still about an earlier pause
-        ask_after = self.services.config.turn.ask_after_ms
+        ask_after = self.config.turn.ask_after_ms
         silence = np.zeros(int(ask_after * INPUT_SAMPLE_RATE / 1000), np.float32)
         self._asking = self._ask(np.concatenate([self._utterance_audio(), silence]), ask_after)
 
@@ -217,14 +220,14 @@ class Listener:
             return
         if self._asking is not None and not self._asking.done():
             return  # an answer is on its way: it decides when it comes
-        self._next_ask_ms = self._pause_ms + self.services.config.turn.ask_every_ms
+        self._next_ask_ms = self._pause_ms + self.config.turn.ask_every_ms
         self._asking = self._ask(self._utterance_audio(), self._pause_ms)
 
     def _ask(self, audio: np.ndarray, at_silence_ms: float) -> asyncio.Task:
         pause = self._pause
 
         async def ask() -> None:
-            probability = await self.services.turn_end_probability(audio, session=self.session_id)
+            probability = await self.recognition.turn_end_probability(audio, session=self.session_id)
             if probability is None:
                 return  # the model failed: the silence rule decides
             while pause == self._pause and self.endpointer.paused and self._utterance is not None:
@@ -241,7 +244,7 @@ class Listener:
         return self._task(ask())
 
     def _maybe_partial(self) -> None:
-        interval = self.services.config.asr.partial_interval_ms / 1000.0
+        interval = self.config.asr.partial_interval_ms / 1000.0
         if self._partial_task is not None and not self._partial_task.done():
             return
         if time.monotonic() - self._last_partial_at < interval or self.endpointer.paused:
@@ -252,7 +255,7 @@ class Listener:
 
         async def partial() -> None:
             try:
-                text = await self._with_heads(heads, await self.services.transcribe(
+                text = await self._with_heads(heads, await self.recognition.transcribe(
                     audio, kind="partial", session=self.session_id))
             except Exception as exc:  # noqa: BLE001 - partials are best effort; the final reports errors
                 log.debug("partial ASR failed: %r", exc)
@@ -266,14 +269,14 @@ class Listener:
     # -- end of speech and speculation ------------------------------------------------------------------
     def _speculate(self) -> None:
         """At the first silent frame, transcribe and have the session start answering, output held back."""
-        if not self.services.config.turn.speculative or self._utterance is None:
+        if not self.config.turn.speculative or self._utterance is None:
             return
         audio = self._utterance_audio(padded=True)
         t_pause = time.monotonic()
         heads = list(self._heads)
 
         async def speculate() -> str:
-            text = await self._with_heads(heads, await self.services.transcribe(
+            text = await self._with_heads(heads, await self.recognition.transcribe(
                 audio, kind="speculative", session=self.session_id))
             if text and self._speculation is asyncio.current_task():
                 self.session.speculate(text, t_pause)
@@ -292,14 +295,14 @@ class Listener:
         if self._partial_task is not None:
             self._partial_task.cancel()
         if speculation is not None:
-            self.services.promote_transcription(self.session_id)  # still queued: it is the final one now
+            self.recognition.promote_transcription(self.session_id)  # still queued: it is the final one now
 
         async def finish() -> None:
             try:
                 if speculation is not None:
                     text = await speculation
                 else:
-                    text = await self._with_heads(heads, await self.services.transcribe(
+                    text = await self._with_heads(heads, await self.recognition.transcribe(
                         audio, kind="final", session=self.session_id))
             except asyncio.CancelledError:
                 raise

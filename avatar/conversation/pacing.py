@@ -8,7 +8,7 @@ already ``hold_ahead_s`` of speech ahead of what its listener has heard pauses, 
 down to ``resume_ahead_s`` or nobody waits any more (the backend stops the request and later continues
 the same assistant message; the slot keeps its cache, so going on costs one token's evaluation).
 
-``ReplyPacing`` is shared by every session (``Services.pacing``); ``ReplyPacing.reply`` gives one reply
+``ReplyPacing`` is shared by every session (``Replies.pacing``, avatar/runtime/replies.py); ``ReplyPacing.reply`` gives one reply
 the ``hold`` callable it passes to ``ChatLLM.stream_chat``.
 """
 

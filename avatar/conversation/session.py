@@ -37,7 +37,8 @@ class Session:
         self.denoiser = denoiser  # avatar.media.denoise.Denoiser when audio.denoise is on
         self._close_callbacks: list[Callable[[], None]] = []
         self.turns = TurnRunner(services, conversation, emit=emit, timeline=timeline, face=face)
-        self.listener = Listener(services, self, session_id=conversation.session_id)
+        self.listener = Listener(services.recognition, services.models.vad, services.config, self,
+                                 session_id=conversation.session_id)
         services.open_sessions.add(conversation.session_id)
         timeline.add_listener(self.turns)
 

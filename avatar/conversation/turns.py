@@ -23,6 +23,7 @@ from typing import Callable
 from avatar.conversation.clauses import ClauseSplitter, heard_text
 from avatar.conversation.memory import Turn
 from avatar.conversation.pacing import speech_seconds
+from avatar.conversation.ports import TurnServices
 from avatar.conversation.prompt import PromptWindow, build_prompt
 from avatar.errors import AvatarError, StageError
 from avatar.events import (
@@ -100,7 +101,7 @@ async def _said(line: str):
 
 
 class TurnRunner:
-    def __init__(self, services, conversation: Conversation, *, emit: Callable[[Event], None], timeline: Timeline,
+    def __init__(self, services: TurnServices, conversation: Conversation, *, emit: Callable[[Event], None], timeline: Timeline,
                  face=None):
         self.services = services
         self.conversation = conversation
@@ -110,7 +111,7 @@ class TurnRunner:
         self.turn: TurnState | None = None  # the turn being answered (released or speculative)
         self._turn_ids = itertools.count(1)
         self.state = ""
-        self._prefilling: asyncio.Task | None = None  # Services.prefill of the words heard so far
+        self._prefilling: asyncio.Task | None = None  # Replies.prefill of the words heard so far
         self.closed = False  # the connection is gone: nothing more is reported
         self.set_state("listening")
 
@@ -170,7 +171,7 @@ class TurnRunner:
     def prefill(self, text: str) -> None:
         """The user is still speaking and has said ``text`` so far: have the LLM evaluate the prompt this
         turn would get (history, ``text``) into the conversation's slot, so that the turn evaluates only
-        the words after ``text`` (Services.prefill). Not while a turn runs or a reply plays (the slot is
+        the words after ``text`` (Replies.prefill). Not while a turn runs or a reply plays (the slot is
         busy, and a barge-in's words may be dropped), nor when this turn's facts would go into its user
         message (a folder too large to stand in the system prompt: they depend on the whole question)."""
         if self.closed or self.turn is not None or self.timeline.is_playing():
@@ -183,14 +184,14 @@ class TurnRunner:
             return
         # On a copy of the window: where the history starts is the turn's to decide.
         messages = self._prompt(text, grounding, window=dataclasses.replace(self.conversation.prompt_window))
-        self._prefilling = asyncio.create_task(services.prefill(messages, session=self.conversation.session_id))
+        self._prefilling = asyncio.create_task(services.replies.prefill(messages, session=self.conversation.session_id))
 
     def _prompt(self, user_text: str, grounding, window: PromptWindow | None = None) -> list[dict]:
         services = self.services
         messages = build_prompt(
             services.config.system_prompt, self.conversation.history, user_text,
-            count_tokens=services.count_tokens,
-            budget_tokens=int(services.models.llm.context_tokens * services.config.memory.prompt_budget)
+            count_tokens=services.replies.count_tokens,
+            budget_tokens=int(services.replies.context_tokens * services.config.memory.prompt_budget)
             - (grounding.tokens if grounding is not None else 0),
             max_turns=services.config.memory.max_turns_in_prompt,
             window=window if window is not None else self.conversation.prompt_window,
@@ -212,9 +213,9 @@ class TurnRunner:
                     turn.knowledge_s = time.perf_counter() - started
                     turn.sources = grounding.sources
                 messages = self._prompt(turn.user_text, grounding)
-                paced = services.pacing.reply(lambda: self._ahead_s(turn))
-                pieces = services.stream_chat(messages, turn.cancel, session=self.conversation.session_id,
-                                              hold=paced.hold)
+                paced = services.replies.pacing.reply(lambda: self._ahead_s(turn))
+                pieces = services.replies.stream_chat(messages, turn.cancel, session=self.conversation.session_id,
+                                                      hold=paced.hold)
             clauses: asyncio.Queue[str | None] = asyncio.Queue()
             speaker = asyncio.create_task(self._speak(turn, clauses))
             splitter = ClauseSplitter()
@@ -273,8 +274,8 @@ class TurnRunner:
     async def _speak(self, turn: TurnState, clauses: asyncio.Queue) -> None:
         first = True
         while (clause := await clauses.get()) is not None:
-            async for chunk in self.services.synthesize(clause, turn.cancel, session=self.conversation.session_id,
-                                                        first=first):
+            async for chunk in self.services.speech.synthesize(clause, turn.cancel,
+                                                               session=self.conversation.session_id, first=first):
                 turn.mark("tts_first_audio")
                 self._emit(turn, lambda c=chunk: self._place(turn, c))
             first = False

@@ -70,7 +70,7 @@ class Knowledge:
         that each conversation's LLM slot keeps cached (and the warm-up puts into every slot), so a turn
         evaluates no passage tokens at all. Passages in each turn's message cost 60-300 prompt tokens a
         turn, 0.75-1.04 s of voice-to-voice p50 on 2 cores (BENCHMARKS.md). Recomputed when the folder
-        changes; the server then primes the free LLM slots with it (``Services._knowledge_changed``)."""
+        changes; the server then primes the free LLM slots with it (``Replies.knowledge_changed``)."""
         version = self.index.version
         if self._standing is None or self._standing[0] != version:
             limit, result = self.cfg.standing_tokens, None

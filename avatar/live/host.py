@@ -192,7 +192,7 @@ class ShowHost:
         self.bus.emit(TurnStarted(turn_id, text, source))
         cut = False
         try:
-            async for chunk in self.services.synthesize(text, cancel, session=session.session_id):
+            async for chunk in self.services.speech.synthesize(text, cancel, session=session.session_id):
                 position = timeline.place_audio(turn_id, chunk.audio)
                 spans.append((position, position + len(chunk.audio), chunk.text))
                 if session.face is not None:
