@@ -16,6 +16,7 @@ from pathlib import Path
 import logging
 
 from avatar.errors import ConfigError
+from avatar.language import Language
 
 # The checkout (or unpacked sdist) this package runs from: its faces/, voices/ and web_client/ folders.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +226,8 @@ class LimitsConfig:
     shutdown_grace_s: float = 3.0  # on SIGTERM: time to store turns and tell clients before closing
 
 
-REPLY_IN = {"zh": " 请用简体中文回答。", "yue": " 请用粤语回答。"}  # appended for these persona.language values
+# Appended to the system prompt for these languages (Language.parse(persona.language).code).
+REPLY_IN = {"zh": " 请用简体中文回答。", "yue": " 请用粤语回答。"}
 
 
 @dataclass
@@ -287,7 +289,7 @@ class Config:
     def system_prompt(self) -> str:
         prompt = self.persona.system_prompt.replace("{name}", self.persona.name)
         # Qwen often answers a Chinese question in English under an English system prompt; say it plainly.
-        language = self.persona.language.lower().split("-")[0]
+        language = Language.parse(self.persona.language).code
         return prompt + REPLY_IN.get(language, "") if language in REPLY_IN and REPLY_IN[language] not in prompt else prompt
 
 

@@ -4,6 +4,7 @@ circles, the server kept to HTTP/WebSocket, and typed events that metrics and li
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from avatar.config import load_config
@@ -107,6 +108,27 @@ def test_no_module_is_over_450_lines():
     long = {str(path.relative_to(PACKAGE.parent)): n for path in paths
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+# A Han range written out: the bounds of the blocks (U+3400, U+4E00, U+9FFF) as escapes in either case, or
+# a range that starts at the character itself ("[一-龥]").
+HAN_RANGE = re.compile(r"\\u(?:3400|4e00|9fff)|\\U0000(?:3400|4e00|9fff)|[\u3400\u4e00]-", re.I)
+
+
+def _han_ranges(source: str) -> int:
+    return len(HAN_RANGE.findall(source))
+
+
+def test_the_cjk_character_class_is_written_once():
+    """Chinese is recognised the same way everywhere: only avatar/language.py writes the Han ranges (four
+    copies, one of them narrower, had drifted apart)."""
+    found = {str(path.relative_to(PACKAGE.parent)): n for path in _modules().values()
+             if (n := _han_ranges(path.read_text(encoding="utf-8")))}
+    assert list(found) == ["avatar/language.py"], found
+    # The check sees the copies that were there: the full class, and the narrower one (no U+4E00 in it).
+    assert _han_ranges(r'_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")') == 3
+    assert _han_ranges(r'_CJK = re.compile(r"[\u3400-\u9fff]")') == 2
+    assert _han_ranges("HAN = '[\u4e00-\u9fa5]'") == 1  # the characters themselves
 
 
 def test_no_import_circles_and_the_server_does_not_reach_into_the_face():

@@ -16,6 +16,7 @@ from avatar.conversation.clauses import ClauseSplitter, heard_text
 from avatar.config import PersonaConfig, TTSConfig, load_config
 from avatar.errors import ConfigError
 from avatar.models.loading import describe_tts, tts_backend
+from avatar.language import count_cjk
 from avatar.models.tts import zh_text
 from tests.speech import espeak_wav
 
@@ -39,7 +40,7 @@ def cer(reference: str, hypothesis: str) -> float:
 
 
 def cjk(text: str) -> int:
-    return len(zh_text.CJK.findall(text))
+    return count_cjk(text)
 
 
 # -- numbers, dates, clauses, heard text ----------------------------------------------------------------

@@ -17,16 +17,16 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from avatar.conversation.clauses import width
+from avatar.language import spoken_width
 
-# Speech time of a letter: Piper's English speaks about 0.065 s a letter (avatar/conversation/clauses.py), and
-# ``width`` counts a Chinese character as 3 letters. An estimate: the thresholds leave seconds to spare.
+# Speech time of a letter: Piper's English speaks about 0.065 s a letter (avatar/language.py), and
+# ``spoken_width`` counts a Chinese character as 3 letters. An estimate: the thresholds leave seconds to spare.
 SECONDS_PER_LETTER = 0.065
 
 
 def speech_seconds(text: str) -> float:
     """About how long ``text`` takes to say."""
-    return width(text) * SECONDS_PER_LETTER
+    return spoken_width(text) * SECONDS_PER_LETTER
 
 
 class ReplyPacing:

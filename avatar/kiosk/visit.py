@@ -30,13 +30,14 @@ from typing import Callable
 
 from avatar.errors import AvatarError, ProtocolError
 from avatar.events import ErrorRaised, Event, Presence, TurnEnded, TurnStarted, VisitEnded, VoiceActivity
+from avatar.language import Language
 
 log = logging.getLogger(__name__)
 
 GREETING_CUE = "(A visitor walks up to the kiosk.)"  # the user's side of the greeting turn, in memory
 ATTRACT_CUE = "(Nobody is at the kiosk.)"
-# The default lines in the persona's language, used while kiosk.greeting / kiosk.attract_line keep their
-# (English) defaults; an operator's own line is said as written.
+# The default lines in the persona's language (by Language.parse(...).code: "zh-CN" finds "zh"), used while
+# kiosk.greeting / kiosk.attract_line keep their (English) defaults; an operator's own line is said as written.
 DEFAULT_LINES = {
     "zh": {"greeting": "您好，欢迎光临！请问有什么可以帮您？", "attract_line": "您好！有问题的话，请走近和我说话。"},
 }
@@ -50,7 +51,7 @@ def kiosk_line(config, name: str) -> str:
 
     value = getattr(config.kiosk, name).strip()
     if value == getattr(KioskConfig(), name):
-        return DEFAULT_LINES.get(config.persona.language, {}).get(name, value)
+        return DEFAULT_LINES.get(Language.parse(config.persona.language).code, {}).get(name, value)
     return value
 
 

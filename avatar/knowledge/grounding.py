@@ -9,15 +9,13 @@ names the passages do not contain with a sentence that says so and offers the ph
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 from avatar.knowledge.index import Passage
 from avatar.knowledge.specifics import Specific, Support, names, specifics
 from avatar.knowledge.terms import ANSWER_WORDS, query_terms
-
-_CJK = re.compile(r"[\u3400-\u9fff]")
+from avatar.language import Language, count_cjk, has_cjk
 
 # Constant, so that it stays in the LLM's prompt cache with the persona's prompt; the passages of a turn
 # go into that turn's user message instead (see Grounding.apply).
@@ -43,12 +41,15 @@ FALLBACK = {
 
 def approx_tokens(text: str) -> int:
     """A tokenizer-free estimate (for the CLI): ~4 characters per token, one per Chinese character."""
-    cjk = len(_CJK.findall(text))
+    cjk = count_cjk(text)
     return cjk + (len(text) - cjk + 3) // 4
 
 
 def language_of(text: str, default: str = "en") -> str:
-    return "zh" if _CJK.search(text) else (default if default in FALLBACK else "en")
+    """The FALLBACK language for a question: Chinese if it is written in Chinese, else the persona's
+    language (normalised: "zh-CN" is zh), else English."""
+    code = Language.of(text, default).code
+    return code if code in FALLBACK else "en"
 
 
 def instruction(phone: str, standing: str = "") -> str:
@@ -163,7 +164,7 @@ def topic_gaps(index, user_text: str, known: str = "") -> list[str]:
     ("a bike chain") except those that only say what kind of answer is wanted (ANSWER_WORDS). Chinese is
     left out: its bigrams include pairs that span two words ("车一" in 租一辆自行车一天) and are in no
     document, whatever the question."""
-    words = [t for t in query_terms(user_text) if not _CJK.search(t) and not t.isdigit()]
+    words = [t for t in query_terms(user_text) if not has_cjk(t) and not t.isdigit()]
     words += [w.lower() for spec in names(user_text) for w in spec.text.split()]
     operator = set(query_terms(known)) if known else set()
     return [w for w in dict.fromkeys(words)

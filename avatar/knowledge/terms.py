@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 
-# CJK ideographs (and the compatibility block); kana and hangul are left to unicode61.
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_TOKEN = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+")
-_CJK_RUN = re.compile(rf"[{_CJK}]+")
+from avatar.language import CJK_RANGES
+
+# Han characters are paired into bigrams; kana and hangul are left to unicode61.
+_TOKEN = re.compile(rf"[{CJK_RANGES}]+|[^\W_{CJK_RANGES}]+")
+_CJK_RUN = re.compile(rf"[{CJK_RANGES}]+")
 # Particles and pronouns that every Chinese question has; a run is cut at them before pairing, so that
 # "你们几点开门" searches for 几点 点开 开门 and not for 你们 们几.
 _ZH_STOP = set("的了吗呢吧啊呀么我你您他她它们请是")

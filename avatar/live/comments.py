@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from avatar.errors import ProtocolError
+from avatar.language import Language
 
 MAX_USER_CHARS = 40
 _QUESTION_WORDS = {"what", "how", "why", "when", "where", "who", "which", "is", "are", "can", "could", "do",
@@ -197,7 +198,7 @@ def prompt_for(comment: Comment, language: str = "en") -> str:
     message... reply in one to three short sentences") was echoed back instead of answered."""
     text = comment.text.replace('"', "'").replace("“", "'").replace("”", "'")
     names = ", ".join([comment.user, *comment.also[:2]])
-    if language.startswith("zh"):
+    if Language.parse(language).code == "zh":
         verb = "问" if comment.question else "说"
         return f"观众{names}{verb}：“{text}” 请回答{comment.user}。"
     verb = "asks" if comment.question else "writes"

@@ -25,6 +25,7 @@ import time
 
 from avatar.conversation.clauses import heard_text
 from avatar.events import EventBus, TurnEnded, TurnStarted
+from avatar.language import Language
 from avatar.conversation.factory import SessionFactory
 from avatar.live.comments import Comment, CommentDesk, lead_in, prompt_for
 from avatar.live.show import Segment, Show
@@ -55,7 +56,7 @@ class ShowHost:
         self._closing = False  # past --minutes: answering the comments still waiting
         self.closing_grace_s = CLOSING_GRACE_S
         self.stopping = False
-        language = services.config.persona.language.split("-")[0].lower()
+        language = Language.parse(services.config.persona.language).code
         self.language = language
         self.back_line = show.back_line if show.back_line is not None else BACK_TO_SHOW.get(language, "")
 

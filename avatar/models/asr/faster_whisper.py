@@ -9,6 +9,7 @@ import numpy as np
 from avatar.models.asr.base import Transcript
 from avatar.config import ASRConfig
 from avatar.errors import ConfigError, ModelMissingError
+from avatar.language import Language
 from avatar.models.weights import whisper_dir
 
 
@@ -99,7 +100,9 @@ class FasterWhisperASR:
         audio = np.asarray(audio, np.float32).reshape(-1)
         if audio.size < self.sample_rate // 10:
             return Transcript("", language)
-        language = language if self.multilingual else "en"
+        # Whisper knows languages by their primary code: "zh-CN" would be refused as no language at all.
+        # None (persona.language = "") lets it detect the language.
+        language = (Language.parse(language).code if language else None) if self.multilingual else "en"
         if language and self.window_s and audio.size <= (self.window_s - WINDOW_MARGIN_S) * self.sample_rate:
             text = self._short_window(audio, language)
             if text is not None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from avatar.config import PersonaConfig, TTSConfig
 from avatar.errors import ConfigError, ModelMissingError
+from avatar.language import Language
 from avatar.models.tts import zh_text
 from avatar.models.tts.base import SpeechChunk
 from avatar.models.tts.piper import split_sentences
@@ -58,8 +59,10 @@ def voice_for(cfg: TTSConfig, persona: PersonaConfig) -> str:
     """tts.voice when it names an espeak-ng voice; else the voice for persona.language."""
     if cfg.voice.startswith("espeak:"):
         return cfg.voice.split(":", 1)[1]
-    language = (persona.language or "en").lower()
-    return LANGUAGE_VOICES.get(language, LANGUAGE_VOICES.get(language.split("-")[0], language))
+    tag = (persona.language or "en").lower()
+    # The whole tag first (a voice could be listed for "en-gb"), then its language ("zh-CN" -> zh); a tag
+    # listed nowhere is passed on as a voice name: espeak-ng names most voices by language ("de", "fr-fr").
+    return LANGUAGE_VOICES.get(tag, LANGUAGE_VOICES.get(Language.parse(tag).code, tag))
 
 
 def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
@@ -87,7 +90,8 @@ class EspeakTTS:
         if self.voice.split("+", 1)[0] not in espeak_voices():
             raise ConfigError(f"espeak-ng has no voice '{self.voice}' (from persona.language = "
                               f"'{persona.language}'); set tts.voice = \"espeak:NAME\" with a name from `espeak-ng --voices`")
-        self.chinese = self.voice.startswith(("cmn", "yue", "zh"))
+        # espeak-ng names a voice by its language tag, with "+variant" after it ("cmn-latn-pinyin", "yue+f3").
+        self.chinese = Language.parse(self.voice.partition("+")[0]).is_chinese
         self.wpm = max(80, min(450, round(BASE_WPM / max(cfg.length_scale, 0.1))))
         _, self.sample_rate = self._speak("a")  # espeak-ng's output rate (22050 Hz in 1.51), read once
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from avatar.config import PersonaConfig, TTSConfig
 from avatar.errors import ModelMissingError
+from avatar.language import Language
 from avatar.models.tts import zh_text
 from avatar.models.tts.base import Phoneme, SpeechChunk
 from avatar.models.weights import cache_dir, piper_voice
@@ -105,7 +106,8 @@ class PiperTTS:
         self.voice = PiperVoice(session=session, config=config, download_dir=cache_dir() / "piper")
         self.sample_rate = config.sample_rate
         # A Chinese voice reads digits its own way; numbers and dates are written out first (zh_text).
-        self.chinese = config.espeak_voice.lower().startswith(("cmn", "zh", "yue")) or config.phoneme_type.value == "pinyin"
+        # The voice's espeak_voice is a language tag ("cmn", "zh", "en-us").
+        self.chinese = Language.parse(config.espeak_voice).is_chinese or config.phoneme_type.value == "pinyin"
         if config.phoneme_type.value == "pinyin":
             _check_g2pw(self.voice_path)
         self._syn = SynthesisConfig(length_scale=cfg.length_scale)

@@ -18,11 +18,6 @@ _SMALL_UNITS = ("", "十", "百", "千")
 _BIG_UNITS = ("", "万", "亿", "万亿")
 # Measure words after which a lone 2 is read 两 (两个人, 两点, 两块) rather than 二.
 _COUNTED = "个位只本件条张块次天年岁点名台部辆家种杯碗斤公里米分秒周"
-CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-
-
-def has_cjk(text: str) -> bool:
-    return CJK.search(text) is not None
 
 
 def digits(text: str) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 
 from avatar.config import PersonaConfig, TTSConfig
 from avatar.errors import ModelMissingError
+from avatar.language import has_cjk
 from avatar.models.tts import zh_text
 from avatar.models.tts.base import SpeechChunk
 from avatar.models.tts.piper import split_sentences
@@ -100,7 +101,7 @@ class ZhTTS:
     def synthesize(self, text: str) -> Iterator[SpeechChunk]:
         for sentence in split_sentences(text):
             spoken = zh_text.normalize(sentence)
-            if not zh_text.has_cjk(spoken):
+            if not has_cjk(spoken):
                 continue  # the voice knows only Chinese characters; Latin text would be dropped silently
             audio = self._speak(spoken)
             if audio.size:
