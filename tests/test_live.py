@@ -176,7 +176,8 @@ def test_the_host_presents_answers_by_name_and_keeps_its_rules(tmp_path):
     starts = [(e.source, e.user_text) for e in events if isinstance(e, TurnStarted)]
     sources = [s for s, _ in starts]
     assert sources[0] == "script" and "lead_in" in sources and "comment" in sources
-    lead = starts[sources.index("lead_in")][1]
+    # A line said as written starts with its cue (the user's side of it): the line itself is the turn's reply.
+    lead = next(e.reply for e in events if isinstance(e, TurnEnded) and e.source == "lead_in")
     assert lead.startswith("mallory asks:")  # the host names the viewer
     # The cut script line goes on after the answer from the first word not yet heard, then the next segment.
     after = sources[sources.index("comment") + 1:]

@@ -2,7 +2,8 @@
 
     mic audio -> Listener (avatar/conversation/listener.py): VAD, partials, speculation, end of turn
               -> utterances -> TurnRunner (avatar/conversation/turns.py): LLM -> clauses -> TTS -> media timeline + face
-    typed text, a script line, a viewer comment -> TurnRunner directly (``say``)
+    typed text, a script line, a viewer comment -> TurnRunner directly (``say``, ``say_line``), which
+             return a SpeechHandle (avatar/conversation/speech.py) to await or interrupt
     speech while the agent talks (barge-in) -> interrupt: cancel LLM/TTS, flush queued audio, tell the
              client, remember only what the user heard.
 
@@ -19,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from avatar.conversation.listener import Listener
+from avatar.conversation.speech import SpeechHandle
 from avatar.conversation.turns import Conversation, TurnRunner, TurnState, report_error
 from avatar.events import Event, Transcript
 from avatar.media.contract import Timeline
@@ -71,15 +73,18 @@ class Session:
         self.emit(Transcript(text, final=True))
         self.say(text, "text")
 
-    def say(self, text: str, source: str, *, about: str | None = None) -> TurnState:
-        """Answer ``text`` now, whatever its source ("text", "script", "comment", ...); ``about``: what the
-        knowledge base looks up when that is not ``text`` (a viewer's comment inside the host's prompt)."""
-        return self.turns.start(text, source, t_ref=time.monotonic(), about=about)
+    def say(self, text: str, source: str, *, about: str | None = None) -> SpeechHandle:
+        """Answer ``text`` now, whatever its source ("text", "segment", "comment", ...); ``about``: what the
+        knowledge base looks up when that is not ``text`` (a viewer's comment inside the host's prompt).
+        Await the handle to know when the answer has been heard; ``handle.interrupt`` cuts it."""
+        return self.turns.start(text, source, t_ref=time.monotonic(), about=about).handle
 
-    def say_line(self, line: str, source: str, *, cue: str, remember: bool = True) -> TurnState:
-        """Say a fixed ``line`` (a kiosk's greeting) without the LLM; ``cue`` stands for the user's side of
-        the turn in memory (e.g. "(a visitor walks up)"), so later replies know what was said."""
-        return self.turns.start(cue, source, t_ref=time.monotonic(), line=line, remember=remember)
+    def say_line(self, line: str, source: str, *, cue: str, remember: bool = True) -> SpeechHandle:
+        """Say a fixed ``line`` (a kiosk's greeting, a show's script) without the LLM, as a turn like any
+        other (events, latency marks, state, memory); ``cue`` stands for the user's side of the turn in
+        memory (e.g. "(a visitor walks up)"), so later replies know what was said; ``remember=False``:
+        not stored at all."""
+        return self.turns.start(cue, source, t_ref=time.monotonic(), line=line, remember=remember).handle
 
     def interrupt(self, reason: str) -> None:
         self.turns.interrupt(reason)

@@ -6,7 +6,9 @@ viewer comment. It may start *speculatively*: everything runs, but what it would
 until ``release`` (the user's pause became the end of the turn) or dropped (the user went on).
 
 The runner owns the turn's state, the latency marks (one per stage in ``events.LATENCY_STAGES``) and
-heard-text truncation: when a reply is cut, memory keeps only the words whose audio had played.
+heard-text truncation: when a reply is cut, memory keeps only the words whose audio had played. Every turn
+has a ``SpeechHandle`` (avatar/conversation/speech.py) that its caller awaits and may interrupt; the runner
+resolves it when the turn ends.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from avatar.conversation.memory import Turn
 from avatar.conversation.pacing import speech_seconds
 from avatar.conversation.ports import TurnServices
 from avatar.conversation.prompt import PromptWindow, build_prompt
+from avatar.conversation.speech import SpeechHandle
 from avatar.errors import AvatarError, StageError
 from avatar.events import (
     LATENCY_STAGES,
@@ -36,7 +39,7 @@ from avatar.events import (
     TurnEnded,
     TurnStarted,
 )
-from avatar.media.contract import Timeline
+from avatar.media.contract import Timeline, played_out
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class TurnState:
     source: str  # "voice" | "text" | ...
     t_ref: float  # monotonic time of the end of the user's speech (or the text's arrival)
     released: bool = True
+    release_event: asyncio.Event = field(default_factory=asyncio.Event)  # set when ``released`` becomes True
     cancel: threading.Event = field(default_factory=threading.Event)
     held: list[Callable[[], None]] = field(default_factory=list)  # output kept back until release
     reply: str = ""
@@ -66,6 +70,11 @@ class TurnState:
     # Seconds this turn spent in the knowledge base (retrieval before the prompt, the check of each clause),
     # all of it on the way to the reply's audio; None without a knowledge base.
     knowledge_s: float | None = None
+    handle: SpeechHandle | None = None  # what the caller awaits (TurnRunner.start makes it)
+
+    def __post_init__(self) -> None:
+        if self.released:
+            self.release_event.set()
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, at if at is not None else time.monotonic())
@@ -136,6 +145,7 @@ class TurnRunner:
             self.interrupt("barge_in")
         turn = TurnState(next(self._turn_ids), text, source, t_ref, released=released, line=line, remember=remember,
                          about=about)
+        turn.handle = SpeechHandle(turn, self)
         self.turn = turn
         self._emit(turn, lambda: self.emit(TurnStarted(turn.turn_id, text, source)))
         self._emit(turn, lambda: self.set_state("thinking"))
@@ -145,6 +155,7 @@ class TurnRunner:
     def release(self, turn: TurnState) -> None:
         """A speculative turn becomes real: everything it held back goes out now."""
         turn.released = True
+        turn.release_event.set()
         held, turn.held = turn.held, []
         for action in held:
             action()
@@ -154,6 +165,7 @@ class TurnRunner:
         self._cancel(turn)
         if self.turn is turn:
             self.turn = None
+        turn.handle.resolve("", interrupted=True)
 
     def _emit(self, turn: TurnState, action: Callable[[], None]) -> None:
         """Do ``action`` now, or at release for a speculative turn."""
@@ -249,18 +261,21 @@ class TurnRunner:
             finally:
                 clauses.put_nowait(None)
             await speaker
-            # The turn lasts until the user has heard it all: a barge-in until then truncates it.
-            while not turn.released or self.timeline.is_playing():
-                await asyncio.sleep(0.05)
+            # The turn lasts until the user has heard it all: a barge-in until then truncates it (and
+            # cancels this wait). A speculative turn's audio is placed when it is released.
+            await turn.release_event.wait()
+            await played_out(self.timeline)
             self._finish(turn, interrupted=False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - one failed turn must not end the session
             self.error(exc, where="reply")
             if turn.released:
-                self._finish(turn, interrupted=True)
-            elif self.turn is turn:
-                self.turn = None
+                self._finish(turn, interrupted=True, failed=True)
+            else:
+                if self.turn is turn:
+                    self.turn = None
+                turn.handle.resolve("", interrupted=True, failed=True)
         finally:
             if paced is not None:
                 paced.started()  # a reply that ended before its first clause waits no more
@@ -304,9 +319,13 @@ class TurnRunner:
             turn.mark("first_frame", at)
 
     # -- ending -----------------------------------------------------------------------------------------
-    def interrupt(self, reason: str) -> None:
-        """Stop the agent: cancel generation, flush audio, keep only what was heard."""
-        turn = self.turn
+    def interrupt(self, reason: str, *, turn: TurnState | None = None) -> None:
+        """Stop the agent: cancel generation, flush audio, keep only what was heard. With ``turn`` (a
+        ``SpeechHandle``'s), only if that turn is still the one being answered."""
+        if turn is None:
+            turn = self.turn
+        elif turn is not self.turn:
+            return
         if turn is None:
             return
         if not turn.released:  # a speculative turn nobody heard of: drop it silently
@@ -320,7 +339,8 @@ class TurnRunner:
         self.emit(Interrupted(turn.turn_id, position, reason))
         self._finish(turn, interrupted=True, position=position)
 
-    def _finish(self, turn: TurnState, *, interrupted: bool, position: int | None = None) -> None:
+    def _finish(self, turn: TurnState, *, interrupted: bool, position: int | None = None,
+                failed: bool = False) -> None:
         if turn.finished:
             return
         turn.finished = True
@@ -345,6 +365,7 @@ class TurnRunner:
         if self.turn is turn:
             self.turn = None
         self.set_state("listening")
+        turn.handle.resolve(heard, interrupted=interrupted, failed=failed)
 
     def close(self) -> None:
         """The connection is gone: stop generating, and keep the part of a reply in progress that was
@@ -358,3 +379,4 @@ class TurnRunner:
         self._cancel(turn)
         if turn.released and not turn.finished:
             self._finish(turn, interrupted=True, position=self.timeline.clock())
+        turn.handle.resolve("", interrupted=True)  # a speculative turn nobody heard of (else: already resolved)

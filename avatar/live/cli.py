@@ -113,6 +113,7 @@ async def run_live(services, show, args, blocked: tuple[str, ...] = ()) -> None:
     from avatar.live.report import LiveReport
     from avatar.live.sink import LiveTimeline
     from avatar.live.stream import StreamSettings, Streamer
+    from avatar.media.contract import played_out
     from avatar.net.metrics import resident_memory_bytes
 
     loop = asyncio.get_running_loop()
@@ -153,8 +154,7 @@ async def run_live(services, show, args, blocked: tuple[str, ...] = ()) -> None:
     try:
         await host.run()
         # Let the last words play out before the stream ends.
-        while timeline.is_playing():
-            await asyncio.sleep(0.05)
+        await played_out(timeline)
         await asyncio.sleep(0.5)
     finally:
         timeline.close()

@@ -1,9 +1,11 @@
 """The show loop: the host presents each segment, answers viewers' comments, and goes back to the show.
 
 The host is one ``Session`` (avatar/conversation/session.py) opened by the ``SessionFactory`` on a headless output
-timeline (avatar/live/sink.py). An improvised segment and a comment's answer are turns of that session
-(``Session.say``: LLM -> clauses -> TTS -> timeline + face); a script line, the viewer's name and comment
-read out before the answer, and the line that returns to the show are spoken as written (TTS only).
+timeline (avatar/live/sink.py). Everything it says is a turn of that session, with its events, latency marks
+and memory: an improvised segment and a comment's answer through the LLM (``Session.say``: LLM -> clauses ->
+TTS -> timeline + face); a script line, the viewer's name and comment read out before the answer, and the
+line that returns to the show as written (``Session.say_line``: TTS only). The host awaits each turn's
+``SpeechHandle`` together with the arrival of a comment, and cuts a turn through its handle.
 
 When comments are answered:
 - ``answer = "between"``: after each segment, up to ``max_comments_per_break`` comments, most urgent first;
@@ -18,16 +20,14 @@ a comment only ever enters the conversation as a quoted user-role message (``com
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import threading
 import time
 
-from avatar.conversation.clauses import heard_text
-from avatar.events import EventBus, TurnEnded, TurnStarted
-from avatar.language import Language
 from avatar.conversation.factory import SessionFactory
+from avatar.conversation.speech import SpeechHandle
+from avatar.events import EventBus
 from avatar.live.comments import Comment, CommentDesk, lead_in, prompt_for
+from avatar.language import Language
 from avatar.live.show import Segment, Show
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 BACK_TO_SHOW = {"en": "Now, back to the show.", "zh": "好，我们回到节目。"}
 KEEP_HISTORY_TURNS = 40  # the prompt holds at most memory.max_turns_in_prompt; hours of show stay small
 CLOSING_GRACE_S = 120.0  # after --minutes, comments still waiting are answered for at most this long
-SCRIPT_TURN_IDS = 1_000_000  # spoken-as-written turns get ids apart from the session's own turns
+# The user's side of a line said as written, in memory and in TurnStarted: there is no user, the show goes on.
+SCRIPT_CUE = "(The show goes on: {segment}.)"
+LEAD_IN_CUE = "(A viewer's comment is read out.)"
+BACK_CUE = "(The comments are answered; the show goes on.)"
 
 
 class ShowHost:
@@ -51,7 +54,6 @@ class ShowHost:
         self.bus.subscribe(report.observe)
         self.session = None
         self._comment_waiting = asyncio.Event()
-        self._script_ids = itertools.count(SCRIPT_TURN_IDS)
         self._deadline: float | None = None
         self._closing = False  # past --minutes: answering the comments still waiting
         self.closing_grace_s = CLOSING_GRACE_S
@@ -76,6 +78,12 @@ class ShowHost:
         if self.stopping or self._deadline is None:
             return self.stopping
         return time.monotonic() >= self._deadline + (self.closing_grace_s if self._closing else 0.0)
+
+    def _time_left(self) -> float | None:
+        """Seconds until ``_over`` comes true by the clock alone; None without a deadline."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline + (self.closing_grace_s if self._closing else 0.0) - time.monotonic())
 
     # -- the show -----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -112,11 +120,12 @@ class ShowHost:
         return await self._present_improvised(segment, segment.request())
 
     async def _present_script(self, segment: Segment, text: str) -> bool:
+        cue = SCRIPT_CUE.format(segment=segment.name)
         while True:
-            spoken = await self.speak(text, "script", pausable=self.show.answer == "pause")
-            if spoken is None or self._over():
-                return spoken is not None
-            rest = _unsaid(text, spoken)
+            said = await self.speak(text, "script", cue=cue, pausable=self.show.answer == "pause")
+            if said.failed or self._over():
+                return not said.failed
+            rest = _unsaid(text, said.heard)
             await self.answer_comments()
             if not rest:
                 return True
@@ -124,29 +133,36 @@ class ShowHost:
 
     async def _present_improvised(self, segment: Segment, request: str) -> bool:
         while True:
-            turn = self.session.say(request, "segment", about=segment.name)
-            cut = await self._wait_turn(turn, pausable=self.show.answer == "pause")
-            self._trim_history()
+            speech = self.session.say(request, "segment", about=segment.name)
+            cut = await self._hear_out(speech, pausable=self.show.answer == "pause")
             if not cut:
                 return not self._over()
             if self._over():
                 return False
             await self.answer_comments()
             request = (f"Finish presenting {segment.name} in one or two short sentences; you had said: "
-                       f"\"{heard_text(turn.spans, self.timeline.clock())}\"")
+                       f"\"{speech.heard}\"")
 
-    async def _wait_turn(self, turn, *, pausable: bool) -> bool:
-        """Wait until ``turn`` has been heard to the end; True when it was cut for comments (or the end)."""
-        while not turn.finished:
-            if self._over() or (pausable and self.desk.waiting()):
-                self.session.interrupt("comment" if not self._over() else "shutdown")
-                return True
-            self._comment_waiting.clear()
-            try:
-                await asyncio.wait_for(self._comment_waiting.wait(), 0.05)
-            except asyncio.TimeoutError:
-                pass
-        return False
+    async def _hear_out(self, speech: SpeechHandle, *, pausable: bool) -> bool:
+        """Wait until ``speech`` has been heard to the end; True when it was cut for comments (or the end).
+        Woken by whichever comes first: the end of the speech, a comment, ``stop``, or the deadline."""
+        try:
+            while not speech.done():
+                if self._over() or (pausable and self.desk.waiting()):
+                    speech.interrupt("comment" if not self._over() else "shutdown")
+                    return True
+                self._comment_waiting.clear()
+                heard_out = asyncio.ensure_future(speech.wait())
+                comment = asyncio.ensure_future(self._comment_waiting.wait())
+                try:
+                    await asyncio.wait((heard_out, comment), timeout=self._time_left(),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    heard_out.cancel()  # the waits, not the speech
+                    comment.cancel()
+            return False
+        finally:
+            self._trim_history()
 
     # -- comments -----------------------------------------------------------------------------------------
     async def answer_comments(self) -> int:
@@ -158,15 +174,18 @@ class ShowHost:
             await self.answer(comment)
             answered += 1
         if answered and self.back_line and not self._over():
-            await self.speak(self.back_line, "script")
+            # Not remembered: the same words after every break tell later answers nothing, and would crowd
+            # the history the prompt keeps.
+            await self.speak(self.back_line, "script", cue=BACK_CUE, remember=False)
         return answered
 
     async def answer(self, comment: Comment) -> None:
-        await self.speak(lead_in(comment), "lead_in")
-        turn = self.session.say(prompt_for(comment, self.language), "comment", about=comment.text)
-        await self._wait_turn(turn, pausable=False)
-        self._trim_history()
-        reply = turn.reply.strip()
+        # Not remembered: the answer's own turn quotes the comment in the user role (prompt_for); stored as
+        # the host's words, a viewer's text would reach the prompt as the assistant's, unquoted.
+        await self.speak(lead_in(comment), "lead_in", cue=LEAD_IN_CUE, remember=False)
+        speech = self.session.say(prompt_for(comment, self.language), "comment", about=comment.text)
+        await self._hear_out(speech, pausable=False)
+        reply = speech.reply
         if not reply:  # the language model failed (an error event was logged): the viewer got no answer
             self.report.dropped.inc(reason="answer_failed")
             self.report.note("comment_dropped", f"no answer for {comment.user}", user=comment.user,
@@ -183,46 +202,14 @@ class ShowHost:
             del history[: len(history) - KEEP_HISTORY_TURNS]
 
     # -- speaking as written ------------------------------------------------------------------------------
-    async def speak(self, text: str, source: str, *, pausable: bool = False) -> str | None:
-        """Say ``text`` as written. Returns what was heard (all of it unless cut for comments), None when
-        synthesis failed."""
-        session, timeline = self.session, self.timeline
-        turn_id = next(self._script_ids)
-        cancel = threading.Event()
-        spans: list[tuple[int, int, str]] = []
-        self.bus.emit(TurnStarted(turn_id, text, source))
-        cut = False
-        try:
-            async for chunk in self.services.speech.synthesize(text, cancel, session=session.session_id):
-                position = timeline.place_audio(turn_id, chunk.audio)
-                spans.append((position, position + len(chunk.audio), chunk.text))
-                if session.face is not None:
-                    session.face.add_speech(turn_id, position, chunk.audio, chunk.phonemes)
-                if self._over() or (pausable and self.desk.waiting()):
-                    cut = True
-                    break
-            while not cut and timeline.is_playing():
-                if self._over() or (pausable and self.desk.waiting()):
-                    cut = True
-                    break
-                self._comment_waiting.clear()
-                try:
-                    await asyncio.wait_for(self._comment_waiting.wait(), 0.05)
-                except asyncio.TimeoutError:
-                    pass
-        except Exception as exc:  # noqa: BLE001 - one failed line must not end the show
-            session.emit_error(exc, where="speech")
-            return None
-        finally:
-            cancel.set()
-        position = timeline.clock()
-        if cut:
-            timeline.flush_audio(turn_id, position)
-            if session.face is not None:
-                session.face.clear_speech(position)
-        heard = heard_text(spans, position) if cut else text
-        self.bus.emit(TurnEnded(turn_id, source, text, heard, cut, sum(e - s for s, e, _ in spans)))
-        return heard
+    async def speak(self, text: str, source: str, *, cue: str, remember: bool = True,
+                    pausable: bool = False) -> SpeechHandle:
+        """Say ``text`` as written, as a turn of the host's session (``cue``: the user's side of it in
+        memory). Returns its handle once it is over: ``heard`` is all of ``text`` unless it was cut for
+        comments (``pausable``) or the end of the show; ``failed`` when synthesis failed."""
+        speech = self.session.say_line(text, source, cue=cue, remember=remember)
+        await self._hear_out(speech, pausable=pausable)
+        return speech
 
 
 def _unsaid(text: str, heard: str) -> str:

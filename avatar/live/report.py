@@ -8,7 +8,8 @@ Metrics (text exposition format, avatar/net/metrics.py):
                                                      answer_failed
     avatar_live_comments_merged_total                duplicates folded into a waiting comment
     avatar_live_comments_waiting
-    avatar_live_turns_total{source}                  spoken turns: segment, script, comment
+    avatar_live_turns_total{source}                  spoken turns: script (and the back line), lead_in,
+                                                     segment, comment
     avatar_live_stream_frames_total                  frames the show's clock produced (fps x seconds)
     avatar_live_stream_frames_repeated_total         frames that repeated the picture (CPU behind real time)
     avatar_live_output_fps{output}                   frames written per second, last 5 s

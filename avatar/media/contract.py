@@ -5,10 +5,12 @@ places reply audio on it and the face renders the frame for any position on it, 
 barge-in agree on one clock. Two outputs implement ``Timeline`` today: the browser's WebSocket
 (``avatar.net.timeline.MediaTimeline``) and the livestream's encoders (``avatar.live.sink.LiveTimeline``).
 A new sink (an MP4 file, a kiosk log) implements it the same way; nothing in ``conversation/`` needs to know.
+``played_out`` waits, on any timeline, until its listener has heard the audio placed so far.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 import numpy as np
@@ -59,3 +61,17 @@ class Timeline(Protocol):
 
     def report_playback(self, position: float) -> None:
         """The client's own playback clock, in seconds (a browser reports it; a headless sink ignores it)."""
+
+
+# The least time between two looks at the clock: one that moves in steps (a stream takes 40 ms of samples at a
+# time) or has stopped (a closed stream) is not asked in a busy loop.
+_LEAST_WAIT_S = 0.01
+
+
+async def played_out(timeline: Timeline) -> None:
+    """Return when the listener has heard all the audio placed on ``timeline`` so far. A timer sleeps until the
+    end that is known now and looks again: the clock may have run late (a browser's clock follows what it
+    reports), and more audio may have been placed meanwhile. A flush (barge-in) only brings the end closer: the
+    wait then lasts until the end known before it at most (the turn runner cancels a cut turn's wait anyway)."""
+    while (left := timeline.audio_end - timeline.clock()) > 0:
+        await asyncio.sleep(max(left / timeline.rate, _LEAST_WAIT_S))
