@@ -17,12 +17,16 @@ log = logging.getLogger(__name__)
 
 
 class Watcher:
-    def __init__(self, index, poll_s: float, on_change: Callable[[object], None] | None = None):
+    def __init__(self, index, poll_s: float):
         self.index = index
         self.poll_s = poll_s
-        self.on_change = on_change
+        self._listeners: list[Callable[[object], None]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="knowledge-watch", daemon=True)
+
+    def subscribe(self, listener: Callable[[object], None]) -> None:
+        """Call ``listener(report)`` on the watcher's thread after each sync that changed the index."""
+        self._listeners.append(listener)
 
     def start(self) -> "Watcher":
         if self.poll_s > 0:
@@ -43,5 +47,5 @@ class Watcher:
                 continue
             if report.touched:
                 log.info("knowledge: %s", report.describe())
-                if self.on_change is not None:
-                    self.on_change(report)
+                for listener in self._listeners:
+                    listener(report)

@@ -48,6 +48,9 @@ class Services:
         self.replies = Replies(self.config, models, knowledge=self.knowledge, open_sessions=self.open_sessions,
                                others_busy=lambda: self.speech.busy() or self.recognition.busy())
         self.render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
+        watcher = getattr(self.knowledge, "watcher", None)
+        if watcher is not None:  # a changed folder goes into the LLM's free slots
+            watcher.subscribe(self.replies.knowledge_changed)
 
     @property
     def output_rate(self) -> int:
@@ -85,8 +88,6 @@ class Services:
             # xllamacpp tokenizer is a 3 ms localhost round trip per text (BENCHMARKS.md: estimate vs count).
             knowledge = Knowledge.open(config, progress=progress)
         runtime = cls(config, models, memory, faces, knowledge, injected)
-        if knowledge is not None and knowledge.watcher is not None:
-            knowledge.watcher.on_change = runtime.replies.knowledge_changed
         if config.server.warm_up:
             runtime.warm_up(progress)
         if injected:
