@@ -95,3 +95,19 @@ async def wait_for(predicate, timeout=10.0):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+def open_show_host(services: Services, show, *, output=lambda index, image, audio: None, minutes: float | None = None):
+    """A livestream host on its own headless timeline, wired as ``avatar live`` wires it (not yet opened or
+    started): (host, desk, timeline, report). Call from the event loop."""
+    from avatar.live.comments import CommentDesk
+    from avatar.live.host import ShowHost
+    from avatar.live.report import LiveReport
+    from avatar.live.sink import LiveTimeline
+
+    report = LiveReport()
+    desk = CommentDesk(on_change=report.comment)
+    timeline = LiveTimeline(sample_rate=services.output_rate, fps=25, size=32, loop=asyncio.get_running_loop(),
+                            output=output)
+    report.attach(timeline=timeline, desk=desk)
+    return ShowHost(services, show, desk, timeline, report, minutes=minutes), desk, timeline, report

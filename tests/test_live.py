@@ -26,11 +26,11 @@ from avatar.live.comments import Comment, CommentDesk, is_question, parse_commen
 from avatar.live.intake import LiveIntake
 from avatar.live.report import LiveReport
 from avatar.live.show import ShowError, load_show, parse_show
-from avatar.live.sink import LiveTimeline
 from avatar.conversation.memory import MemoryStore
 from avatar.runtime.services import Services
 from tests.conftest import REPO, free_port
 from tests.fakes import WordLLM, fake_models
+from tests.harness import open_show_host
 from tests.rtmp_server import RtmpServer, nginx_available
 
 SHOW = """
@@ -145,14 +145,8 @@ def test_the_host_presents_answers_by_name_and_keeps_its_rules(tmp_path):
     frames: list[int] = []
 
     async def main():
-        report = LiveReport()
-        desk = CommentDesk(on_change=report.comment)
-        timeline = LiveTimeline(sample_rate=services.output_rate, fps=25, size=32, loop=asyncio.get_running_loop(),
-                                output=lambda i, image, audio: frames.append(len(audio)))
-        report.timeline, report.desk = timeline, desk
-        from avatar.live.host import ShowHost
-
-        host = ShowHost(services, show, desk, timeline, report)
+        host, desk, timeline, report = open_show_host(services, show,
+                                                      output=lambda i, image, audio: frames.append(len(audio)))
         started: list = []
         host.bus.subscribe(lambda e: started.append(e) if isinstance(e, (TurnStarted, TurnEnded)) else None)
 
@@ -197,7 +191,7 @@ def test_intake_needs_the_token_and_takes_http_websocket_and_stdin(tmp_path):
 
     report = LiveReport()
     desk = CommentDesk(on_change=report.comment)
-    report.desk = desk
+    report.attach(desk=desk)
     intake = LiveIntake(desk, token="s3cret", metrics=report.render, health=report.health)
     port = intake.start_http("127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}"

@@ -7,13 +7,12 @@ import asyncio
 
 from avatar.config import load_config
 from avatar.events import TurnEnded
-from avatar.live.comments import Comment, CommentDesk
-from avatar.live.report import LiveReport
+from avatar.live.comments import Comment
 from avatar.live.show import parse_show
-from avatar.live.sink import LiveTimeline
 from avatar.conversation.memory import MemoryStore
 from avatar.runtime.services import Services
 from tests.fakes import WordLLM, fake_models
+from tests.harness import open_show_host
 from tests.test_live import show_data
 
 
@@ -43,14 +42,7 @@ def test_the_host_answers_from_the_knowledge_base_and_the_show_file(tmp_path):
                         knowledge=Knowledge.open(config, count_tokens=llm.count_tokens, watch=False))
 
     async def main():
-        report = LiveReport()
-        desk = CommentDesk(on_change=report.comment)
-        timeline = LiveTimeline(sample_rate=services.output_rate, fps=25, size=32, loop=asyncio.get_running_loop(),
-                                output=lambda i, image, audio: None)
-        report.timeline, report.desk = timeline, desk
-        from avatar.live.host import ShowHost
-
-        host = ShowHost(services, show, desk, timeline, report)
+        host, desk, timeline, report = open_show_host(services, show)
         ended: list[TurnEnded] = []
         host.bus.subscribe(lambda e: ended.append(e) if isinstance(e, TurnEnded) and e.source == "comment" else None)
         desk.submit(Comment("ana", "How fast do you ship?"))

@@ -13,13 +13,11 @@ import pytest
 from avatar.config import load_config
 from avatar.conversation.memory import MemoryStore, Turn
 from avatar.events import Interrupted, StateChanged, TurnEnded, TurnStarted
-from avatar.live.comments import Comment, CommentDesk
-from avatar.live.report import LiveReport
+from avatar.live.comments import Comment
 from avatar.live.show import parse_show
-from avatar.live.sink import LiveTimeline
 from avatar.runtime.services import Services
 from tests.fakes import fake_models
-from tests.harness import open_harness, wait_for
+from tests.harness import open_harness, open_show_host, wait_for
 from tests.test_live import show_data
 
 LINE = ("First up, our trail runner shoes. They weigh only two hundred and forty grams. The sole grips wet rock. "
@@ -30,19 +28,12 @@ CUE = "(The show goes on: Trail runner shoes.)"
 @asynccontextmanager
 async def live_host(tmp_path, *, answer: str = "between"):
     """A show host on the livestream's own timeline (fake models, no video), its clock running."""
-    from avatar.live.host import ShowHost
-
     data = show_data()
     data["show"]["answer"] = answer
     show = parse_show(data)
     config = load_config(None, {"server": {"data_dir": str(tmp_path)}, "video": {"enabled": False}})
     services = Services(config, fake_models(), MemoryStore(tmp_path / "m.sqlite3"))
-    report = LiveReport()
-    desk = CommentDesk(on_change=report.comment)
-    timeline = LiveTimeline(sample_rate=services.output_rate, fps=25, size=32, loop=asyncio.get_running_loop(),
-                            output=lambda i, image, audio: None)
-    report.timeline, report.desk = timeline, desk
-    host = ShowHost(services, show, desk, timeline, report)
+    host, desk, timeline, report = open_show_host(services, show)
     events: list = []
     host.bus.subscribe(events.append)
     host.open()

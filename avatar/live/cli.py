@@ -126,7 +126,7 @@ async def run_live(services, show, args, blocked: tuple[str, ...] = ()) -> None:
                         rtmp=args.rtmp, hls=args.hls, record=args.record)
     timeline = LiveTimeline(sample_rate=services.output_rate, fps=cfg.video.fps, size=cfg.video.size,
                             output=streamer.put, loop=loop, audio_lead_s=cfg.limits.audio_lead_s)
-    report.timeline, report.streamer, report.desk = timeline, streamer, desk
+    report.attach(timeline=timeline, desk=desk, streamer=streamer)
     token = args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(16)
     intake = LiveIntake(desk, token=token, metrics=report.render, health=report.health)
     http_port = intake.start_http(args.host, args.port)

@@ -37,6 +37,8 @@ class LiveReport:
     def __init__(self, *, json_lines: bool = False):
         self.json_lines = json_lines
         self.started = time.monotonic()
+        # What the gauges and /healthz read, given by attach(): the desk reports into this report, so it is
+        # made after it.
         self.timeline = None  # avatar.live.sink.LiveTimeline
         self.streamer = None  # avatar.live.stream.Streamer
         self.desk = None  # avatar.live.comments.CommentDesk
@@ -69,6 +71,10 @@ class LiveReport:
         r.add(Gauge("avatar_live_output_connected", "1 while the output is open", ("output",),
                     fn=lambda: self._per_output(lambda o: int(o.connected))))
 
+
+    def attach(self, *, timeline=None, desk=None, streamer=None) -> None:
+        """The show's timeline, comment desk and streamer, for the gauges and ``/healthz``."""
+        self.timeline, self.desk, self.streamer = timeline, desk, streamer
     def _per_output(self, value) -> dict:
         outputs = self.streamer.outputs if self.streamer else []
         return {(o.kind,): value(o) for o in outputs}
