@@ -61,6 +61,16 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _said(turn_end: dict) -> str:
+    """What the user heard of a reply. A reply cut short (in a recording, by the next utterance: a barge-in)
+    says so, with what had been written of it, so that every turn shows what the agent answered."""
+    heard, reply = turn_end["heard"], turn_end["reply"]
+    if not turn_end.get("interrupted"):
+        return heard
+    cut = f"[interrupted; its reply so far: {reply}]" if reply and reply != heard else "[interrupted]"
+    return f"{heard} {cut}" if heard else cut
+
+
 def cmd_talk(args) -> int:
     from avatar.tools.client import talk, write_wav
 
@@ -75,13 +85,16 @@ def cmd_talk(args) -> int:
         elif event["type"] == "transcript" and event.get("final"):
             print(f"you:   {event['text']}", flush=True)
         elif event["type"] == "turn_end":
-            print(f"agent: {event['heard']}", flush=True)
+            print(f"agent: {_said(event)}", flush=True)
         elif event["type"] == "error":
             print(f"error: {event['message']}", file=sys.stderr, flush=True)
 
-    result = asyncio.run(talk(args.url, wav=args.wav, text=args.text, session_id=args.session,
-                              user_id=args.user, user_key=args.user_key, video=not args.no_video,
-                              timeout=args.timeout, on_event=show))
+    try:
+        result = asyncio.run(talk(args.url, wav=args.wav, text=args.text, session_id=args.session,
+                                  user_id=args.user, user_key=args.user_key, video=not args.no_video,
+                                  timeout=args.timeout, on_event=show))
+    except TimeoutError as exc:
+        raise SystemExit(f"avatar talk: {exc} (--timeout)") from None
     summary = result.summary()
     if args.out:
         import numpy as np
@@ -91,9 +104,9 @@ def cmd_talk(args) -> int:
     if args.json:
         print(json.dumps(summary, ensure_ascii=False), flush=True)
     else:
-        lat = summary["latency_ms"]
-        print(f"session {summary['session_id']}: {summary['audio_seconds']} s of reply audio; "
-              f"voice-to-voice {lat['voice_to_voice']} ms")
+        lat, turns = summary["latency_ms"], summary["turns"]
+        print(f"session {summary['session_id']}: {turns} turn{'' if turns == 1 else 's'}, "
+              f"{summary['audio_seconds']} s of reply audio; voice-to-voice {lat['voice_to_voice']} ms")
         print(f"(go on later with: --session {summary['session_id']}"
               + (f" --user {result.user_id} --user-key {result.user_key}" if result.user_key else "") + ")")
     return 0
@@ -157,12 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("talk", help="talk to a running server from the command line",
-                       description="Send a WAV (paced in real time, then silence, like a microphone) or a "
-                       "text, and print the reply. With --json: one JSON object per event, then a summary "
-                       "with latencies (voice_to_voice runs from the real end of speech in the input to "
-                       "the first reply audio received).")
+                       description="Send a WAV (all of it, paced in real time, then silence, like a "
+                       "microphone) or a text, and print every turn: what the server heard ('you:') and what "
+                       "the agent said ('agent:', with '[interrupted; its reply so far: ...]' when the next "
+                       "utterance cut it short). A recording of sentences with pauses between them may make "
+                       "several turns. It ends when the input has been sent and the last reply has finished "
+                       "(and a moment after the input, so that its last words are heard), or at --timeout. "
+                       "With --json: one JSON object per event, then a summary with latencies (voice_to_voice "
+                       "runs from the real end of the last speech in the input to the first audio received "
+                       "of its reply).")
     p.add_argument("--url", default="ws://127.0.0.1:8765/ws", help="server WebSocket URL")
-    p.add_argument("--wav", help="speech to send (16-bit PCM WAV, any rate)")
+    p.add_argument("--wav", help="speech to send, all of it (16-bit PCM or 32-bit float WAV, any rate)")
     p.add_argument("--text", help="text to send instead of speech")
     p.add_argument("--session", metavar="ID:KEY", help="session to resume: the 'session' that an earlier "
                    "talk printed (session_id:resume_key from the server's ready message)")
@@ -170,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-key", help="the user_key the server gave when --user was first used")
     p.add_argument("--out", metavar="WAV", help="write the reply audio here")
     p.add_argument("--no-video", action="store_true", help="ask the server not to stream video")
-    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the reply (default 90)")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait after the input has been "
+                   "sent for the last reply to finish (default 90)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_talk)
 

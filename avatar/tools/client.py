@@ -1,8 +1,9 @@
 """A Python client of the protocol: ``avatar talk``, the tests and ``avatar bench`` use it.
 
 ``talk()`` streams a WAV file paced in real time (then silence, as a microphone would) or sends a text,
-collects the events, and summarises the turn, with voice-to-voice latency measured from the real end of
-speech in the input to the first reply audio received.
+collects the events of every turn the input makes (a recording may hold several utterances with pauses
+between them), and summarises them, with voice-to-voice latency measured from the real end of speech in
+the input to the first audio received of the last turn (the reply to it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from avatar.events import LATENCY_STAGES
 from avatar.net.protocol import INPUT_SAMPLE_RATE, KIND_AUDIO, KIND_VIDEO, parse_media_frame
 
 FRAME_S = 0.02  # microphone frames of 20 ms, like a browser AudioWorklet sends
+# After the input ends: speech in its last samples has reached the server's VAD and been reported
+# (speech_start) within this time, even on a busy server; until then nothing says it was there.
+INPUT_GRACE_S = 1.5
+# An utterance that ended (speech_end) becomes a turn once it is transcribed; one whose transcript is empty
+# (a cough, a click) never does and the server says nothing more, so it is waited for this long at most.
+RECOGNITION_WAIT_S = 10.0
 
 
 def _riff_chunks(data: bytes):
@@ -93,10 +100,12 @@ class TalkResult:
     user_id: str | None = None
     user_key: str | None = None  # give it back with user_id to get this user's history next time
     video_frames: int = 0
-    first_audio_at: float | None = None
+    last_turn_id: int | None = None
+    first_audio_at: float | None = None  # of the last turn
     first_frame_at: float | None = None
     speech_end_at: float | None = None
-    latency: dict = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)  # the server's marks for the last turn
+    turns: int = 0  # turns that ended (transcript and reply join all of them)
 
     def summary(self) -> dict:
         v2v = None
@@ -111,6 +120,7 @@ class TalkResult:
             "session_id": self.session_id,
             "transcript": self.transcript,
             "reply": self.reply,
+            "turns": self.turns,
             "audio_seconds": round(samples / self.output_rate, 3),
             "video_frames": self.video_frames,
             "latency_ms": {
@@ -125,8 +135,9 @@ class TalkResult:
 class ProtocolClient:
     """One connection, from the client's side: sends ``hello``, parses every server message into an event
     dict (media frames become ``{"type": "audio"|"video_frame", "turn_id", "position", ...}`` with their
-    payload), and keeps the bookkeeping every client needs: the ``ready`` message, the output rate and the
-    turns still open. ``avatar talk``, ``avatar soak``, ``avatar bench`` and the tests all use it."""
+    payload), and keeps the bookkeeping every client needs: the ``ready`` message, the output rate, the
+    turns still open and what the server is still hearing. ``avatar talk``, ``avatar soak``, ``avatar bench``
+    and the tests all use it."""
 
     def __init__(self, ws, on_event: Callable[[dict, bytes | None, float], None] | None = None):
         self.ws = ws
@@ -137,6 +148,12 @@ class ProtocolClient:
         self.turns_open: set[int] = set()
         self.turn_ended = asyncio.Event()  # set when a turn ends and no other is open
         self.turn_started = asyncio.Event()
+        self.turns_started = 0
+        # What the server is still hearing: an utterance under way (vad speech_start .. speech_end), and
+        # since when one that ended waits for its transcript and turn (speech_end .. turn_start; a failed or
+        # empty transcription sends nothing that says so, hence a time rather than a flag).
+        self.user_speaking = False
+        self.recognising_since: float | None = None
 
     @staticmethod
     def hello(*, video: bool = True, session_id: str | None = None, resume_key: str | None = None,
@@ -181,8 +198,14 @@ class ProtocolClient:
             if kind == "ready":
                 self.ready, self.ready_at = event, now
                 self.output_rate = event.get("audio", {}).get("output_rate", self.output_rate)
+            elif kind == "vad":
+                self.user_speaking = event.get("event") == "speech_start"
+                if event.get("event") == "speech_end":
+                    self.recognising_since = now
             elif kind == "turn_start":
                 self.turns_open.add(event["turn_id"])
+                self.turns_started += 1
+                self.recognising_since = None  # here, not at the final transcript that comes just before it
                 self.turn_ended.clear()
                 self.turn_started.set()
             elif kind == "turn_end":
@@ -206,7 +229,12 @@ async def talk(
     timeout: float = 90.0,
     on_event: Callable[[dict], None] | None = None,
 ) -> TalkResult:
-    """One exchange: say ``wav``/``audio`` (or type ``text``), wait for the reply to finish.
+    """One exchange: say ``wav``/``audio`` (or type ``text``), wait for the replies to finish.
+
+    Audio is sent whole, in real time, then silence until every turn it made is over: each utterance in it
+    (sentences with pauses between them may be several) gets its turn, and a reply still playing when the
+    next one starts is cut short by it (a barge-in, ``turn_end.interrupted``), as with a live speaker.
+    ``timeout``: seconds after the end of the input for the last reply to finish (``TimeoutError``).
 
     ``session_id`` resumes a conversation: give ``TalkResult.session_id`` of an earlier exchange (the form
     ``SESSION_ID:RESUME_KEY``), or the bare id with ``resume_key``. ``user_key`` goes with ``user_id`` once
@@ -219,14 +247,19 @@ async def talk(
 
     def record(event: dict, payload: bytes | None, now: float) -> None:
         kind = event["type"]
+        # Latency is measured for the last turn, the reply to the input's last speech: in a recording of
+        # several utterances, audio of an earlier turn may still arrive after that speech has ended.
+        last_turn = event.get("turn_id") == result.last_turn_id
         if kind == "audio":
             result.audio.append(np.frombuffer(payload, dtype="<i2"))
-            if result.first_audio_at is None:
+            if result.first_audio_at is None and last_turn:
                 result.first_audio_at = now
         elif kind == "video_frame":
             result.video_frames += 1
-            if event["turn_id"] and result.first_frame_at is None:
+            if result.first_frame_at is None and last_turn:
                 result.first_frame_at = now
+        elif kind == "turn_start":
+            result.last_turn_id, result.first_audio_at, result.first_frame_at = event["turn_id"], None, None
         elif kind == "ready":
             result.server_session_id = event["session_id"]
             result.resume_key = event.get("resume_key")
@@ -239,8 +272,9 @@ async def talk(
             result.transcript = (result.transcript + " " + event["text"]).strip()
         elif kind == "turn_end":
             result.reply = (result.reply + " " + event["reply"]).strip()
-        elif kind == "latency" and not result.latency:
-            result.latency = event
+            result.turns += 1
+        elif kind == "latency":
+            result.latency = event  # the last turn's, like voice_to_voice
         result.events.append(event)
         emit(event)
 
@@ -255,28 +289,39 @@ async def talk(
                 await client.send_json({"type": "text", "text": text})
                 await asyncio.wait_for(client.turn_ended.wait(), timeout)
             else:
-                await _stream_audio(ws, audio, result, client.turn_ended, timeout)
+                await _stream_audio(ws, audio, result, client, timeout)
         finally:
             receiver.cancel()
     return result
 
 
-async def _stream_audio(ws, audio, result: TalkResult, done: asyncio.Event, timeout: float) -> None:
-    """Send audio paced in real time, then silence until the reply is over (a live microphone)."""
+async def _stream_audio(ws, audio, result: TalkResult, client: ProtocolClient, timeout: float) -> None:
+    """Send all of ``audio`` paced in real time, then silence until the server has nothing left to answer
+    (a live microphone)."""
     hop = int(INPUT_SAMPLE_RATE * FRAME_S)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
     silence = np.zeros(hop, dtype="<i2").tobytes()
     start = time.monotonic()
     result.speech_end_at = start + speech_end_seconds(audio)
+    input_end = start + len(audio) / INPUT_SAMPLE_RATE
     sent = 0
-    deadline = start + len(audio) / INPUT_SAMPLE_RATE + timeout
+    deadline = input_end + timeout
     while time.monotonic() < deadline:
-        chunk = pcm[sent : sent + hop].tobytes() if sent < len(pcm) else silence
-        if sent >= len(pcm) and done.is_set():
+        if sent >= len(pcm) and _all_heard(client, time.monotonic(), input_end):
             return
+        chunk = pcm[sent : sent + hop].tobytes() if sent < len(pcm) else silence
         await ws.send(chunk)
         sent += hop
         delay = start + sent / INPUT_SAMPLE_RATE - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
     raise TimeoutError(f"no complete reply within {timeout:.0f} s after the input ended")
+
+
+def _all_heard(client: ProtocolClient, now: float, input_end: float) -> bool:
+    """Every utterance of the input has been answered: its last samples have had time to start one, none is
+    under way or being transcribed, and no turn is open. Until a first turn has come the input is waited on
+    as one utterance, up to the timeout (a busy server may take long to transcribe it)."""
+    if now < input_end + INPUT_GRACE_S or client.user_speaking or client.turns_open or not client.turns_started:
+        return False
+    return client.recognising_since is None or now - client.recognising_since >= RECOGNITION_WAIT_S
