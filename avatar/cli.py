@@ -25,9 +25,9 @@ def _progress(line: str) -> None:
 
 
 def cmd_serve(args) -> int:
-    from avatar.runtime.services import Services, cap_malloc_arenas
     from avatar.kiosk.door import KioskDoor
     from avatar.net.server import AvatarServer
+    from avatar.runtime.services import Services, cap_malloc_arenas
 
     cap_malloc_arenas()
     config = _load_config(args)

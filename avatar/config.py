@@ -8,12 +8,11 @@ Unknown keys are an error (a typo should not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import logging
 
 from avatar.errors import ConfigError
 from avatar.language import Language

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avatar.config import load_config
-from avatar.events import Event, EventBus
 from avatar.conversation.factory import SessionFactory
 from avatar.conversation.memory import MemoryStore
-from avatar.net.protocol import KIND_AUDIO, parse_media_frame
-from avatar.runtime.services import Services
 from avatar.conversation.session import Session
+from avatar.events import Event, EventBus
+from avatar.net.protocol import KIND_AUDIO, parse_media_frame
 from avatar.net.timeline import MediaTimeline
+from avatar.runtime.services import Services
 from tests.fakes import fake_models
 
 

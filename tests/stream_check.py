@@ -82,8 +82,8 @@ def decode(path: str, *, measure_mouth: bool = True) -> ReceivedStream:
 
 def transcribe(stream: ReceivedStream) -> str:
     """What the stream's audio says, by the default recogniser (faster-whisper, config defaults)."""
-    from avatar.media.audio import resample_linear
     from avatar.config import ASRConfig
+    from avatar.media.audio import resample_linear
     from avatar.models.loading import load_asr
 
     asr = load_asr(ASRConfig())

@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-from avatar.conversation.clauses import ClauseSplitter, heard_text
 from avatar.config import PersonaConfig, TTSConfig, load_config
+from avatar.conversation.clauses import ClauseSplitter, heard_text
 from avatar.errors import ConfigError
-from avatar.models.loading import describe_tts, tts_backend
 from avatar.language import count_cjk
+from avatar.models.loading import describe_tts, tts_backend
 from avatar.models.tts import zh_text
 from tests.speech import espeak_wav
 

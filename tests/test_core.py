@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
+from avatar.config import EndpointerConfig, load_config
 from avatar.conversation.clauses import ClauseSplitter, heard_text, speakable
-from avatar.config import load_config
-from avatar.errors import ConfigError, ProtocolError
 from avatar.conversation.memory import MemoryStore, Turn
 from avatar.conversation.prompt import build_prompt
-from avatar.net.protocol import KIND_AUDIO, media_frame, parse_audio_message, parse_media_frame, parse_text_message
-from avatar.config import EndpointerConfig
+from avatar.errors import ConfigError, ProtocolError
 from avatar.models.vad.base import Endpointer
+from avatar.net.protocol import KIND_AUDIO, media_frame, parse_audio_message, parse_media_frame, parse_text_message
 
 
 def test_parse_text_messages():

@@ -12,8 +12,8 @@ import sqlite3
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from avatar.tools.client import talk
 from avatar.net.protocol import KIND_AUDIO
+from avatar.tools.client import talk
 from tests.conftest import FAST
 
 NO_VIDEO = {"video.enabled": False}

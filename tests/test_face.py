@@ -15,11 +15,9 @@ cv2 = pytest.importorskip("cv2")
 from avatar.errors import FaceError  # noqa: E402
 from avatar.face import FaceAnimator, FaceLibrary, create_renderer, prepare_face  # noqa: E402
 from avatar.face import landmarks as lm  # noqa: E402
-from avatar.face.controls import (CONTROL_NAMES, IdleMotion, audio_track, control_stream,  # noqa: E402
-                                  phoneme_track)
+from avatar.face.controls import CONTROL_NAMES, IdleMotion, audio_track, control_stream, phoneme_track  # noqa: E402
 from avatar.models.tts.base import Phoneme  # noqa: E402
-from tests.face_helpers import (FACES, REPO, SENTENCES, dark_pixels, espeak_speech, heldout_portrait,  # noqa: E402
-                                piper_speech)
+from tests.face_helpers import FACES, REPO, SENTENCES, dark_pixels, espeak_speech, heldout_portrait, piper_speech  # noqa: E402
 
 SR = 22050
 

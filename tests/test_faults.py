@@ -11,8 +11,8 @@ import pytest
 
 from avatar.errors import ConfigError
 from avatar.faults import install, parse_faults
-from avatar.net.timeline import MediaTimeline
 from avatar.net.protocol import KIND_AUDIO, KIND_VIDEO, parse_media_frame
+from avatar.net.timeline import MediaTimeline
 from tests.fakes import WordLLM, fake_models, speech_like
 from tests.harness import open_harness, wait_for
 

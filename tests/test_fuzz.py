@@ -23,14 +23,14 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from avatar.tools.client import talk
 from avatar.config import load_config
-from avatar.errors import ProtocolError
 from avatar.conversation.memory import MemoryStore
-from avatar.net.protocol import CLIENT_MESSAGES, MAX_ID_CHARS, parse_audio_message, parse_text_message
-from avatar.runtime.services import Services
+from avatar.errors import ProtocolError
 from avatar.kiosk.door import KioskDoor
+from avatar.net.protocol import CLIENT_MESSAGES, MAX_ID_CHARS, parse_audio_message, parse_text_message
 from avatar.net.server import AvatarServer
+from avatar.runtime.services import Services
+from avatar.tools.client import talk
 from tests.conftest import FAST, start_server
 from tests.fakes import fake_models, speech_like
 

@@ -16,15 +16,15 @@ from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from avatar.conversation.admission import admit, secret_hash
-from avatar.net.access import AccessPolicy, is_loopback_host
-from avatar.tools.client import talk
 from avatar.config import load_config
+from avatar.conversation.admission import admit, secret_hash
+from avatar.conversation.memory import MemoryStore, Turn
 from avatar.errors import ConfigError
 from avatar.events import ErrorRaised, Interrupted, TurnEnded, TurnStarted, to_wire
+from avatar.net.access import AccessPolicy, is_loopback_host
 from avatar.net.limits import ConnectionGuard, SlidingWindow, TokenBucket
-from avatar.conversation.memory import MemoryStore, Turn
 from avatar.net.metrics import ServerMetrics, parse_text_format
+from avatar.tools.client import talk
 from tests.conftest import FAST
 
 NO_VIDEO = {"video.enabled": False}

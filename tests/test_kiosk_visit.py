@@ -8,8 +8,8 @@ import asyncio
 import base64
 
 from avatar.events import Presence, TurnEnded, TurnStarted, VisitEnded
-from avatar.kiosk.visit import KioskVisit
 from avatar.kiosk.presence import Sighting
+from avatar.kiosk.visit import KioskVisit
 from tests.fakes import speech_like
 from tests.harness import feed, open_harness, wait_for
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from avatar.config import load_config
+from avatar.conversation.memory import Turn
 from avatar.errors import ConfigError
 from avatar.knowledge import Knowledge, KnowledgeIndex
 from avatar.knowledge.grounding import approx_tokens, make_grounding
 from avatar.knowledge.loaders import LoadError, load_sections
 from avatar.knowledge.specifics import Support, specifics
 from avatar.knowledge.terms import query_terms
-from avatar.conversation.memory import Turn
 from tests.pdf_writer import write_pdf
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,21 +8,10 @@ import pytest
 
 from avatar.config import PersonaConfig, TTSConfig, load_config
 from avatar.events import TurnEnded
-from avatar.knowledge.grounding import approx_tokens, language_of
-from avatar.language import (
-    CHINESE,
-    CJK_WIDTH,
-    ENGLISH,
-    Language,
-    count_cjk,
-    has_cjk,
-    index_at_width,
-    join_clauses,
-    spoken_prefix,
-    spoken_units,
-    spoken_width,
-)
 from avatar.kiosk.visit import DEFAULT_LINES, KioskVisit
+from avatar.knowledge.grounding import approx_tokens, language_of
+from avatar.language import (CHINESE, CJK_WIDTH, ENGLISH, Language, count_cjk, has_cjk, index_at_width, join_clauses,
+                             spoken_prefix, spoken_units, spoken_width)
 from avatar.live.comments import Comment, prompt_for
 from avatar.models.loading import tts_backend
 from avatar.models.tts.espeak import voice_for

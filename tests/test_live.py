@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from avatar.config import load_config
+from avatar.conversation.memory import MemoryStore
 from avatar.events import TurnEnded, TurnStarted
 from avatar.live.comments import Comment, CommentDesk, is_question, parse_comment, prompt_for
 from avatar.live.intake import LiveIntake
 from avatar.live.report import LiveReport
 from avatar.live.show import ShowError, load_show, parse_show
-from avatar.conversation.memory import MemoryStore
 from avatar.runtime.services import Services
 from tests.conftest import REPO, free_port
 from tests.fakes import WordLLM, fake_models
@@ -246,7 +246,7 @@ def test_intake_needs_the_token_and_takes_http_websocket_and_stdin(tmp_path):
 def test_rtmp_reconnects_while_the_recording_goes_on(tmp_path):
     import av
 
-    from avatar.live.stream import StreamSettings, Streamer
+    from avatar.live.stream import Streamer, StreamSettings
 
     server = RtmpServer(tmp_path / "nginx", free_port()).start()
     settings = StreamSettings(fps=25, size=64, sample_rate=22050, video_bitrate=200_000)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 from avatar.config import load_config
+from avatar.conversation.memory import MemoryStore
 from avatar.events import TurnEnded
 from avatar.live.comments import Comment
 from avatar.live.show import parse_show
-from avatar.conversation.memory import MemoryStore
 from avatar.runtime.services import Services
 from tests.fakes import WordLLM, fake_models
 from tests.harness import open_show_host

@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from avatar.tools.client import talk
 from avatar.net.protocol import KIND_AUDIO, parse_media_frame
+from avatar.tools.client import talk
 from tests.conftest import FAST
 from tests.speech import espeak_wav
 

@@ -17,8 +17,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, free_port
-from tests.test_reliability import (db_rows, health, llm_url, metrics, open_session, say,  # noqa: F401 (llm_url: a fixture)
-                                    settings, start_command, wait_until)
+from tests.test_reliability import (  # noqa: F401 (llm_url: a fixture)
+    db_rows,
+    health,
+    llm_url,
+    metrics,
+    open_session,
+    say,
+    settings,
+    start_command,
+    wait_until,
+)
 
 
 # -- 10: a read-only data directory -------------------------------------------------------------------------------

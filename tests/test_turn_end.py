@@ -15,6 +15,7 @@ from avatar.conversation.endofturn import EndOfTurnPolicy
 from tests.fakes import fake_models, speech_like
 from tests.harness import feed, open_harness, wait_for
 
+
 def human_clip(name: str) -> np.ndarray:
     """A real human recording from pytest-audioeval, without its trailing silence."""
     import importlib.util

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from avatar.models import weights
 from avatar.errors import ConfigError, ModelMissingError
+from avatar.models import weights
 from avatar.models.weights import Joined, Part, join_parts, llm_gguf, package_file, piper_voice, whisper_dir
 
 

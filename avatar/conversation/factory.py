@@ -10,13 +10,13 @@ import logging
 from typing import Callable
 
 from avatar.conversation.admission import admit
+from avatar.conversation.session import Session
+from avatar.conversation.turns import Conversation
 from avatar.errors import FaceError
 from avatar.events import ErrorRaised, Event, Ready
 from avatar.face.animator import build_animator
-from avatar.media.face_video import FaceVideo
 from avatar.media.audio import INPUT_SAMPLE_RATE
-from avatar.conversation.session import Session
-from avatar.conversation.turns import Conversation
+from avatar.media.face_video import FaceVideo
 
 log = logging.getLogger(__name__)
 

@@ -29,16 +29,8 @@ from avatar.conversation.ports import TurnServices
 from avatar.conversation.prompt import PromptWindow, build_prompt
 from avatar.conversation.speech import SpeechHandle
 from avatar.errors import AvatarError, StageError
-from avatar.events import (
-    LATENCY_STAGES,
-    ErrorRaised,
-    Event,
-    Interrupted,
-    ReplyDelta,
-    StateChanged,
-    TurnEnded,
-    TurnStarted,
-)
+from avatar.events import (LATENCY_STAGES, ErrorRaised, Event, Interrupted, ReplyDelta, StateChanged, TurnEnded,
+                           TurnStarted)
 from avatar.media.contract import Timeline, played_out
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 
-
 # The idle motion repeats after this long, so that a resting face shows the same few hundred frames over
 # and over: they are rendered once and shared by every session with that face (FaceAnimator.jpeg_at).
 # 30 s of head sway, breathing and 5-15 blinks do not read as a loop.

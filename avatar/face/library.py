@@ -13,6 +13,7 @@ from avatar.config import REPO_ROOT
 from avatar.errors import FaceError
 from avatar.face.prepare import (CACHE_SUFFIX, CACHE_VERSION, IMAGE_SUFFIXES, PreparedFace, _cache_path,
                                  _fallback_cache_dir, _sha256, face_name_for, prepare_face)
+
 # --------------------------------------------------------------------------------------------------
 # Library of faces
 

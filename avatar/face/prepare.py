@@ -28,8 +28,8 @@ import numpy as np
 from avatar.errors import FaceError
 from avatar.face import landmarks as lm
 from avatar.face.fields import GLOBAL_CONTROLS, GRID_STEP, SHARED_CONTROLS, SPLIT_CONTROLS, compute_fields
-from avatar.face.photo import EYE_LINE, FACE_FRACTION, _pick_face, crop_transform, detect_landmarks, face_width
-from avatar.face.photo import read_image, warp_photo
+from avatar.face.photo import (EYE_LINE, FACE_FRACTION, _pick_face, crop_transform, detect_landmarks, face_width,
+                               read_image, warp_photo)
 
 __all__ = ["CACHE_SUFFIX", "CACHE_VERSION", "EYE_LINE", "FACE_FRACTION", "GLOBAL_CONTROLS", "GRID_STEP",
            "IMAGE_SUFFIXES", "MIN_FACE_PX", "PreparedFace", "SHARED_CONTROLS", "SPLIT_CONTROLS", "face_name_for",

@@ -112,7 +112,7 @@ async def run_live(services, show, args, blocked: tuple[str, ...] = ()) -> None:
     from avatar.live.intake import LiveIntake
     from avatar.live.report import LiveReport
     from avatar.live.sink import LiveTimeline
-    from avatar.live.stream import StreamSettings, Streamer
+    from avatar.live.stream import Streamer, StreamSettings
     from avatar.media.contract import played_out
     from avatar.net.metrics import resident_memory_bytes
 

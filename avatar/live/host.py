@@ -26,8 +26,8 @@ import time
 from avatar.conversation.factory import SessionFactory
 from avatar.conversation.speech import SpeechHandle
 from avatar.events import EventBus
-from avatar.live.comments import Comment, CommentDesk, lead_in, prompt_for
 from avatar.language import Language
+from avatar.live.comments import Comment, CommentDesk, lead_in, prompt_for
 from avatar.live.show import Segment, Show
 
 log = logging.getLogger(__name__)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from avatar.models.asr.base import ASRModel
-import dataclasses
-import logging
-
 from avatar.config import ASRConfig, Config, LLMConfig, PersonaConfig, TTSConfig
 from avatar.errors import ConfigError
 from avatar.language import Language
+from avatar.models.asr.base import ASRModel
 from avatar.models.llm.base import ChatLLM
 from avatar.models.tts.base import TTSModel
 from avatar.models.vad.base import VADModel
@@ -187,8 +186,8 @@ def load_turn_end(cfg, progress: Callable[[str], None], timed):
     _check("turn detector", cfg.detector, TURN_DETECTORS)
     if cfg.detector == "silence":
         return None
-    from avatar.models.smart_turn import SmartTurnModel
     from avatar.errors import ModelMissingError
+    from avatar.models.smart_turn import SmartTurnModel
 
     try:
         return timed("end of turn Smart Turn v3.2", SmartTurnModel)

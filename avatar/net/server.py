@@ -28,19 +28,19 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from avatar.net.access import AccessPolicy, Refusal
-from avatar.net.doors import Connection, FrontDoor
+from avatar.config import REPO_ROOT
+from avatar.conversation.factory import SessionFactory
+from avatar.conversation.session import Session
 from avatar.errors import AvatarError, ProtocolError
 from avatar.events import ErrorRaised, EventBus, Pong
-from avatar.conversation.factory import SessionFactory
+from avatar.net.access import AccessPolicy, Refusal
+from avatar.net.doors import Connection, FrontDoor
 from avatar.net.limits import AddressBook, ConnectionGuard, LimitHit, StallWatch
 from avatar.net.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from avatar.net.metrics import ServerMetrics
 from avatar.net.protocol import parse_audio_message, parse_text_message
-from avatar.config import REPO_ROOT
-from avatar.runtime.services import Services
-from avatar.conversation.session import Session
 from avatar.net.timeline import MediaTimeline
+from avatar.runtime.services import Services
 
 log = logging.getLogger(__name__)
 

@@ -58,9 +58,8 @@ class Services:
 
     @classmethod
     def load(cls, config: Config, *, progress: Callable[[str], None] = print) -> "Services":
-        from avatar.models.loading import load_models
-
         from avatar import faults as fault_injection
+        from avatar.models.loading import load_models
 
         t0 = time.monotonic()
         injected = fault_injection.faults_from_env()  # read first: a typo fails before minutes of loading

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.tools.client import read_wav, speech_end_seconds, talk
+from avatar.events import LATENCY_STAGES
 from avatar.tools.bench_listening import make_readings, plain_word_errors, premature_turns, word_error_rate
 from avatar.tools.bench_utterances import Utterance, make_utterances, schedule, share
-from avatar.events import LATENCY_STAGES
+from avatar.tools.client import read_wav, speech_end_seconds, talk
 
 TARGET_MS = 1500.0
 
@@ -159,9 +159,9 @@ def measure_offline(config, utterances: list[Utterance], log) -> dict:
 
 
 def _make_animator(config, sample_rate: int):
+    from avatar.config import REPO_ROOT
     from avatar.face import FaceLibrary
     from avatar.face.animator import build_animator
-    from avatar.config import REPO_ROOT
 
     faces = FaceLibrary([REPO_ROOT / "faces"], size=config.video.size)
     face = faces.get(config.persona.face if config.persona.face in faces.names else faces.names[0])

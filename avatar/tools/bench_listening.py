@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.tools.client import read_wav, talk, write_wav
 from avatar.net.protocol import INPUT_SAMPLE_RATE
+from avatar.tools.client import read_wav, talk, write_wav
 
 PASSAGE = [  # read with pauses between sentences, as a person reading aloud would
     "It was a bright cold day in April.",

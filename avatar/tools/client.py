@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 from websockets.asyncio.client import connect
 
-from avatar.media.audio import resample_linear
 from avatar.events import LATENCY_STAGES
+from avatar.media.audio import resample_linear
 from avatar.net.protocol import INPUT_SAMPLE_RATE, KIND_AUDIO, KIND_VIDEO, parse_media_frame
 
 FRAME_S = 0.02  # microphone frames of 20 ms, like a browser AudioWorklet sends

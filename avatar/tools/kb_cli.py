@@ -132,8 +132,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from avatar.tools.kb_evaluate import load_questions, run_eval
     from avatar.models.loading import load_llm
+    from avatar.tools.kb_evaluate import load_questions, run_eval
 
     config = _config(args)
     if not config.knowledge.path:

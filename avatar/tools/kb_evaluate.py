@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from avatar.conversation.clauses import ClauseSplitter
+from avatar.conversation.prompt import build_prompt
 from avatar.knowledge import Knowledge, KnowledgeIndex
 from avatar.knowledge.grounding import approx_tokens, make_grounding
 from avatar.knowledge.specifics import Support, specifics
-from avatar.conversation.prompt import build_prompt
 
 
 def checked_reply(pieces, grounding) -> tuple[str, str]:

@@ -32,8 +32,8 @@ import numpy as np
 
 from avatar.net.access import is_loopback_host
 from avatar.net.metrics import parse_text_format
-from avatar.tools.client import ProtocolClient
 from avatar.net.protocol import INPUT_SAMPLE_RATE
+from avatar.tools.client import ProtocolClient
 
 FRAME_S = 0.02
 PLAYBACK_EVERY_S = 0.3

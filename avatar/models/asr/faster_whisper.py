@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.models.asr.base import Transcript
 from avatar.config import ASRConfig
 from avatar.errors import ConfigError, ModelMissingError
 from avatar.language import Language
+from avatar.models.asr.base import Transcript
 from avatar.models.weights import whisper_dir
-
 
 # Whisper writes Chinese in traditional or simplified characters at random unless its context shows
 # which: a simplified sentence as the prompt makes it write simplified (measured on espeak-ng Mandarin:
