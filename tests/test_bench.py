@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.server  # `avatar bench` starts a server of its own
 def test_quick_bench_measures_every_figure(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "avatar", "bench", "--quick", "--set", "llm.model=smollm2-135m",

@@ -220,6 +220,7 @@ def test_cer():
 
 
 # -- lip sync on Mandarin ------------------------------------------------------------------------------
+@pytest.mark.slow
 @needs_espeak
 def test_render_mandarin_passes_the_lipsync_check(tmp_path):
     """`avatar render --text` with the Chinese persona makes an MP4; the mouth follows the Mandarin audio

@@ -154,6 +154,7 @@ def fake_server(tmp_path_factory):
     runtime.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(messages=st.lists(frames, max_size=20))

@@ -384,7 +384,7 @@ def test_injected_faults_in_a_real_server_end_one_turn_and_others_go_on(server_f
     assert values['avatar_errors_total{code="stage_failed"}'] == 2
 
 
-def test_faults_are_off_without_the_switch(server_factory, monkeypatch):
+def test_faults_are_off_without_the_switch(monkeypatch):
     monkeypatch.delenv("AVATAR_FAULTS", raising=False)
     from avatar.faults import faults_from_env
 

@@ -154,6 +154,7 @@ def invented(reply: str, question: str) -> list[str]:
     return [s.text for s in specifics(reply) if not allowed.supports(s)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("question", ["How much is a bike helmet?", "What is the name of your head mechanic?",
                                       "头盔多少钱？"])
 async def test_default_model_says_it_does_not_know(grounded, default_llm, question):
@@ -166,6 +167,7 @@ async def test_default_model_says_it_does_not_know(grounded, default_llm, questi
     assert " ".join(tts.said) == reply  # what was spoken is the checked reply
 
 
+@pytest.mark.slow
 async def test_default_model_answers_from_the_documents(grounded, default_llm):
     rt, session, wire, tts = grounded(default_llm, {"llm": {"temperature": 0.0}})
     end = await ask(session, wire, "What is your phone number?", timeout=120)

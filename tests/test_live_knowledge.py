@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from avatar.config import load_config
 from avatar.conversation.memory import MemoryStore
 from avatar.events import TurnEnded
@@ -26,6 +28,7 @@ class CatalogueLLM(WordLLM):
         yield from super().stream_chat(messages, **kw)
 
 
+@pytest.mark.slow
 def test_the_host_answers_from_the_knowledge_base_and_the_show_file(tmp_path):
     folder = tmp_path / "kb"
     folder.mkdir()

@@ -34,6 +34,7 @@ def pool():
     llm.close()
 
 
+@pytest.mark.slow
 def test_conversations_spread_over_the_engines_and_keep_their_cache(pool):
     assert isinstance(pool, EnginePool) and len(pool.engines) == 2 and pool.max_concurrent == 4
     assert prime_slots(pool, [SYSTEM]) == 4  # every slot of both engines

@@ -32,6 +32,7 @@ def test_default_backend_is_xllamacpp_and_old_name_still_works():
         resolve_llm(LLMConfig(backend="llamacpp"))
 
 
+@pytest.mark.slow
 def test_a_conversation_evaluates_only_its_new_tokens_each_turn(qwen):
     """Ten turns: from the second on, the slot still holds the history, so llama.cpp evaluates only what
     the new turn adds (its timings say how many prompt tokens it evaluated and how many came from cache)."""
@@ -169,6 +170,7 @@ def test_a_paused_reply_goes_on_where_it_stopped(qwen):
     assert len(pieces) <= 40
 
 
+@pytest.mark.slow
 def test_a_new_system_prompt_goes_into_the_free_slots(qwen):
     """A knowledge folder standing in the system prompt was edited: the new prompt is evaluated once and
     copied into every free slot, so a conversation's next turn evaluates only its own messages."""

@@ -15,7 +15,6 @@ from websockets.exceptions import ConnectionClosed
 
 from avatar.net.protocol import KIND_AUDIO, parse_media_frame
 from avatar.tools.client import talk
-from tests.conftest import FAST
 from tests.speech import espeak_wav
 
 NO_VIDEO = {"video.enabled": False}
@@ -86,8 +85,9 @@ async def _collect_into(ws, predicate, events):
             return
 
 
-def test_barge_in_over_a_real_socket(server_factory, tmp_path):
-    server = server_factory({**FAST, **NO_VIDEO, "llm.max_tokens": 200})
+@pytest.mark.slow
+def test_barge_in_over_a_real_socket(shared_server, tmp_path):
+    server = shared_server
     speech = espeak_wav("Stop, wait a moment please.", tmp_path / "stop.wav")
 
     async def scenario():
@@ -127,12 +127,12 @@ def test_barge_in_over_a_real_socket(server_factory, tmp_path):
     assert history[1] == {"role": "assistant", "text": end["heard"]}
 
 
-def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(server_factory):
-    server = server_factory({**FAST, **NO_VIDEO, "limits.max_message_bytes": 65536})
+def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(shared_server):
+    server = shared_server
 
     async def scenario():
         async with connect(server.ws_url) as ws:
-            await ws.send(json.dumps({"type": "hello", "session_id": "no-such-session"}))
+            await ws.send(json.dumps({"type": "hello", "session_id": "no-such-session", "video": False}))
             first = json.loads(await ws.recv())
             ready = json.loads(await ws.recv())
             async def next_of(kind):
@@ -150,7 +150,7 @@ def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(server_factory
             pong = await next_of("pong")
         # A frame over the size limit closes that connection (1009) ...
         async with connect(server.ws_url, max_size=None) as ws:
-            await ws.send(b"\x00" * 70000)
+            await ws.send(b"\x00" * 300000)  # over limits.max_message_bytes (256 KiB by default)
             with pytest.raises(ConnectionClosed) as closed:
                 for _ in range(10):
                     await ws.recv()
@@ -171,8 +171,8 @@ def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(server_factory
     assert server.proc.poll() is None
 
 
-def test_the_page_and_health_are_served(server_factory):
-    server = server_factory({**FAST, **NO_VIDEO})
+def test_the_page_and_health_are_served(shared_server):
+    server = shared_server
     with urllib.request.urlopen(server.http_url + "/healthz") as response:
         assert json.loads(response.read())["status"] == "ok"
     with urllib.request.urlopen(server.http_url + "/") as response:
@@ -183,9 +183,9 @@ def test_the_page_and_health_are_served(server_factory):
         assert err.value.code == 404
 
 
-def test_a_client_can_take_the_face_controls_instead_of_frames(server_factory):
+def test_a_client_can_take_the_face_controls_instead_of_frames(shared_server):
     """The animation controls are a stream of their own: a client may render the face itself."""
-    server = server_factory(FAST)
+    server = shared_server
 
     async def scenario():
         async with connect(server.ws_url, max_size=None) as ws:

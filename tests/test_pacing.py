@@ -55,6 +55,7 @@ class PausingLLM(WordLLM):
             self.answers.append(hold())
 
 
+@pytest.mark.slow
 async def test_a_turn_passes_its_pace_to_a_backend_that_can_pause(tmp_path):
     llm = PausingLLM()
     harness = open_harness(tmp_path, models=fake_models(llm=llm))

@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.server  # `avatar soak` starts a server of its own
 def test_a_short_soak_reports_turns_memory_and_offsets():
     run = subprocess.run(
         [sys.executable, "-m", "avatar", "soak", "--clients", "2", "--minutes", "0.5", "--json",

@@ -132,6 +132,7 @@ def test_asr_is_thread_safe(asr, speech):
 
 # ---- LLM -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_qwen_answers(qwen):
     reply = chat(qwen, [{"role": "system", "content": "Answer in one short sentence."},
                         {"role": "user", "content": "What is the capital of France?"}],
@@ -140,6 +141,7 @@ def test_qwen_answers(qwen):
     assert 0 < qwen.count_tokens("What is the capital of France?") < 20
 
 
+@pytest.mark.slow
 def test_typed_chat_markers_stay_text(qwen):
     from avatar.models.llm.base import plain_messages
 
@@ -150,6 +152,7 @@ def test_typed_chat_markers_stay_text(qwen):
     assert im_start[0] not in qwen.tokenize(text)
 
 
+@pytest.mark.slow
 def test_qwen_remembers_earlier_turns(qwen):
     messages = [
         {"role": "system", "content": "You are Ava, a friendly assistant. Answer briefly."},
@@ -347,6 +350,7 @@ def test_transformers_backend_smollm():
 
 # ---- loading by config ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_load_models_reports_progress():
     lines: list[str] = []
     config = Config(llm=LLMConfig(model="smollm2-135m", n_threads=1))

@@ -119,6 +119,7 @@ async def test_an_unfinished_turn_keeps_listening_until_the_cap(tmp_path):
         harness.close()
 
 
+@pytest.mark.slow
 async def test_a_speaker_who_goes_on_after_a_pause_gets_one_turn(tmp_path):
     harness, model = _session(tmp_path, 0.3, max_silence_ms=1500)
     try:
@@ -177,6 +178,7 @@ class LengthASR:
         return Transcript(f"part{len(audio) / 16000:.1f}")
 
 
+@pytest.mark.slow
 async def test_a_monologue_longer_than_whisper_reads_is_one_turn(tmp_path, monkeypatch):
     import avatar.conversation.listener
 

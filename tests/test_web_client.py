@@ -187,8 +187,8 @@ def motion(images: list[np.ndarray], region) -> float:
 # -------------------------------------------------------------------------------------------- tests
 
 @pytest.mark.timeout(240)
-def test_voice_text_and_resume(server_factory, browser):
-    srv = server_factory(overrides=FAST)
+def test_voice_text_and_resume(shared_server, browser):
+    srv = shared_server
     page, watch = open_page(browser, srv.http_url + "/")
     try:
         _voice_text_and_resume(page, watch)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from avatar.conversation.admission import new_secret, secret_hash, secret_matches
+from avatar.conversation.admission import new_secret, secret_hash
 from avatar.errors import ConfigError
 
 log = logging.getLogger(__name__)

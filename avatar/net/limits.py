@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from avatar.events import ErrorRaised, Event, TurnStarted
-from avatar.net.protocol import INPUT_SAMPLE_RATE
+from avatar.media.audio import INPUT_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar.errors import ProtocolError
-from avatar.media.audio import INPUT_SAMPLE_RATE
 
 MAGIC = b"AV"
 KIND_AUDIO = 1

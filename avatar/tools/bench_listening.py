@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.net.protocol import INPUT_SAMPLE_RATE
+from avatar.media.audio import INPUT_SAMPLE_RATE
 from avatar.tools.client import read_wav, talk, write_wav
 
 PASSAGE = [  # read with pauses between sentences, as a person reading aloud would

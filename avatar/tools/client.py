@@ -20,8 +20,8 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 from avatar.events import LATENCY_STAGES
-from avatar.media.audio import resample_linear
-from avatar.net.protocol import INPUT_SAMPLE_RATE, KIND_AUDIO, KIND_VIDEO, parse_media_frame
+from avatar.media.audio import INPUT_SAMPLE_RATE, resample_linear
+from avatar.net.protocol import KIND_AUDIO, KIND_VIDEO, parse_media_frame
 
 FRAME_S = 0.02  # microphone frames of 20 ms, like a browser AudioWorklet sends
 # After the input ends: speech in its last samples has reached the server's VAD and been reported

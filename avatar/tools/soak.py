@@ -30,9 +30,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
+from avatar.media.audio import INPUT_SAMPLE_RATE
 from avatar.net.access import is_loopback_host
 from avatar.net.metrics import parse_text_format
-from avatar.net.protocol import INPUT_SAMPLE_RATE
 from avatar.tools.client import ProtocolClient
 
 FRAME_S = 0.02
