@@ -84,6 +84,12 @@ def test_folders_import_only_downwards_counting_imports_inside_functions():
     assert not wrong, "imports against the layering:\n" + "\n".join(sorted(wrong))
 
 
+def test_the_server_knows_no_entry_point():
+    """The kiosk and the livestream plug into the server (net.doors.FrontDoor); server.py never names them."""
+    source = (PACKAGE / "net" / "server.py").read_text(encoding="utf-8").lower()
+    assert "kiosk" not in source and "camera" not in source and "live." not in source
+
+
 def test_base_modules_import_only_each_other():
     modules = _modules()
     for name in BASE & set(modules):

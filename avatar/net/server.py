@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 class AvatarServer:
     def __init__(self, services: Services, *, doors: Sequence[FrontDoor] = ()):
         self.services = services
-        self.doors = list(doors)  # entry points beside the chat page, e.g. avatar.kiosk.KioskDoor
+        self.doors = list(doors)  # entry points beside the chat page (avatar.net.doors)
         cfg = services.config
         self.web_root = Path(cfg.server.web_root or REPO_ROOT / "web_client").resolve()
         self.sessions: set[Session] = set()
@@ -350,7 +350,7 @@ class AvatarServer:
         session = self.factory.open(timeline, hello, emit=bus.emit)
 
         async def close_after_queued(reason: str) -> None:
-            await timeline.drain(1.0)  # the events queued before it first (a kiosk's visit_end)
+            await timeline.drain(1.0)  # the events the door queued before it go out first
             try:
                 await asyncio.wait_for(ws.close(1000, reason[:120]), 3.0)
             except (asyncio.TimeoutError, ConnectionClosed):
