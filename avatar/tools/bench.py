@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar.errors import AvatarError
 from avatar.events import LATENCY_STAGES
 from avatar.tools.bench_listening import make_readings, plain_word_errors, premature_turns, word_error_rate
 from avatar.tools.bench_utterances import Utterance, make_utterances, schedule, share
@@ -357,10 +358,17 @@ def bench_main(args) -> int:
         "readings": readings,
     }
     argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
+    from avatar.models.loading import resolve_asr
+
+    try:
+        asr_model = resolve_asr(config.asr, config.persona.language).model  # "auto" as the server resolved it
+    except AvatarError:  # a remote server (--url) may have what this machine lacks
+        asr_model = config.asr.model
     report["run"] = {"command": " ".join(["avatar bench", *argv]),
                      "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
                      "date": time.strftime("%Y-%m-%d"), "seconds": round(time.monotonic() - started, 1),
-                     "llm": f"{config.llm.backend} {config.llm.model}", "asr": config.asr.model}
+                     "llm": f"{config.llm.backend} {config.llm.model}",
+                     "asr": asr_model}
     report["turns"] = [r.__dict__ for rs in levels.values() for r in rs]
     (out / "report.json").write_text(json.dumps(report, indent=2))
     if len(levels) > 1 or not args.quick:

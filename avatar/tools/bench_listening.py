@@ -59,7 +59,7 @@ def plain_word_errors(config, utterances, log) -> dict:
     pipeline is held to."""
     from avatar.models.loading import load_asr
 
-    asr = load_asr(config.asr)
+    asr = load_asr(config.asr, config.persona.language)
     language = config.persona.language or None
     rates = {}
     for utterance in utterances:
