@@ -193,7 +193,10 @@ def test_a_client_can_take_the_face_controls_instead_of_frames(shared_server):
             await ws.send(json.dumps({"type": "text", "text": "Say hello to me."}))
             return await _collect_until(ws, lambda e: e["type"] == "turn_end", 120)
 
-    events = asyncio.run(scenario())
+    for _ in range(3):  # the sampled small model now and then answers with emoji alone: nothing to speak
+        events = asyncio.run(scenario())
+        if any(e["type"] == "controls" and e["turn_id"] for e in events):
+            break
     ready = events[0]
     assert ready["type"] == "ready" and ready["video"] is None
     assert "jaw_open" in ready["controls"]["ranges"]
