@@ -309,6 +309,10 @@ class MemoryStore:
     def session_row(self, session_id: str) -> tuple | None:
         """(user_id, key_hash) of a stored, queued or pending session; None for an unknown one."""
         with self._cond:
+            # A deleted session (a kiosk visit) is gone at once, as in history(): its delete may still be queued
+            # behind the write that created it.
+            if any(w.kind == "delete" and w.args[0] == session_id for w in self._queue):
+                return None
             pending = self._pending_sessions.get(session_id)
             if pending is None:
                 pending = next((w.session_row for w in self._queue if w.session_row
