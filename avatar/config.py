@@ -80,7 +80,7 @@ class TurnConfig:
     # conversation is alone on the server: the turn then evaluates only the words after them (Services.prefill).
     prefill: bool = True
     pre_roll_ms: int = 256  # audio kept from before the start decision so the first word is not clipped
-    # What ends a turn: "smart-turn" (an audio model asked during the pause, avatar/endofturn/) or "silence"
+    # What ends a turn: "smart-turn" (an audio model asked during the pause, avatar/models/smart_turn.py) or "silence"
     # (vad.end_silence_ms of silence, the old rule). Without the model installed, "silence" is used.
     detector: str = "smart-turn"
     ask_after_ms: int = 200  # silence before the model is first asked; again every ask_every_ms

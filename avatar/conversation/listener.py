@@ -8,7 +8,7 @@ partial transcripts while the user speaks, speculation and the end-of-turn decis
     if the user goes on (resume), tell it to drop that turn; if the silence lasts (end of speech), tell it
     the utterance is final, so the held reply is released at once, or a new turn starts.
 
-With an end-of-turn model (avatar/endofturn/), the end of speech is decided during the pause: the model
+With an end-of-turn model (avatar/models/smart_turn.py), the end of speech is decided during the pause: the model
 is asked ``turn.ask_after_ms`` into the silence and again every ``turn.ask_every_ms``, and
 ``EndOfTurnPolicy`` weighs its answer against the silence so far and the speaker's rhythm; the silence
 rule (``turn.max_silence_ms``) remains the cap. Without the model, ``vad.end_silence_ms`` of silence ends it.
@@ -69,15 +69,14 @@ class Listener:
         self.config = config
         self.session = session
         self.session_id = session_id
-        cfg = config
         self.vad_stream = vad.new_stream()
         self.detector = recognition.turn_end  # shared end-of-turn model, or None
-        vad_cfg = cfg.vad
+        vad_cfg = config.vad
         if self.detector is not None:  # the model decides; silence alone ends a turn only at the cap
-            vad_cfg = dataclasses.replace(vad_cfg, end_silence_ms=cfg.turn.max_silence_ms)
+            vad_cfg = dataclasses.replace(vad_cfg, end_silence_ms=config.turn.max_silence_ms)
         self.endpointer = Endpointer(vad_cfg, vad.sample_rate, vad.frame_samples)
-        self.policy = EndOfTurnPolicy(cfg.turn)
-        self._padding = np.zeros(int(cfg.turn.asr_padding_ms * vad.sample_rate / 1000), np.float32)
+        self.policy = EndOfTurnPolicy(config.turn)
+        self._padding = np.zeros(int(config.turn.asr_padding_ms * vad.sample_rate / 1000), np.float32)
         self._pause = 0  # counts pauses, so a late model answer is not applied to a later pause
         self._pause_ms = 0.0  # how long the current pause has lasted
         self._next_ask_ms = 0.0
@@ -86,7 +85,7 @@ class Listener:
         self._last_end_sample: int | None = None  # input position where the last utterance's speech ended
         self._pending_input = np.zeros(0, dtype=np.float32)
         self._pre_roll: deque[np.ndarray] = deque(
-            maxlen=max(1, cfg.turn.pre_roll_ms * vad.sample_rate // 1000 // vad.frame_samples))
+            maxlen=max(1, config.turn.pre_roll_ms * vad.sample_rate // 1000 // vad.frame_samples))
         self._utterance: list[np.ndarray] | None = None
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=400)  # (input samples so far, time)
         self._input_samples = 0

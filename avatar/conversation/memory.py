@@ -303,15 +303,18 @@ class MemoryStore:
         with self._cond:
             return [w for w in self._queue if w.kind == kind]
 
+    def _deleting(self, session_id: str) -> bool:
+        """A delete of ``session_id`` waits for the writer: the session (a kiosk visit) is gone already for
+        every reader. Call holding ``_cond``."""
+        return any(w.kind == "delete" and w.args[0] == session_id for w in self._queue)
+
     def session_exists(self, session_id: str) -> bool:
         return self.session_row(session_id) is not None
 
     def session_row(self, session_id: str) -> tuple | None:
         """(user_id, key_hash) of a stored, queued or pending session; None for an unknown one."""
         with self._cond:
-            # A deleted session (a kiosk visit) is gone at once, as in history(): its delete may still be queued
-            # behind the write that created it.
-            if any(w.kind == "delete" and w.args[0] == session_id for w in self._queue):
+            if self._deleting(session_id):  # its delete may wait behind the write that created it
                 return None
             pending = self._pending_sessions.get(session_id)
             if pending is None:
@@ -404,7 +407,7 @@ class MemoryStore:
         """The newest ``limit`` turns, oldest first: the user's turns across sessions when a user id is
         known, else the session's; turns still waiting to be written are included."""
         with self._cond:  # a deleted session (a kiosk visit) is gone at once, before the writer gets to it
-            if not user_id and any(w.kind == "delete" and w.args[0] == session_id for w in self._queue):
+            if not user_id and self._deleting(session_id):
                 return []
         if user_id:
             sql, key, index = "SELECT user_text, reply_text, interrupted FROM turns WHERE user_id=?", user_id, 1

@@ -102,8 +102,8 @@ async def _said(line: str):
 
 
 class TurnRunner:
-    def __init__(self, services: TurnServices, conversation: Conversation, *, emit: Callable[[Event], None], timeline: Timeline,
-                 face=None):
+    def __init__(self, services: TurnServices, conversation: Conversation, *, emit: Callable[[Event], None],
+                 timeline: Timeline, face=None):
         self.services = services
         self.conversation = conversation
         self.emit = emit
