@@ -75,9 +75,8 @@ class ShowHost:
 
     def _over(self) -> bool:
         """Time to stop talking: stopped, or past the deadline (in the closing answers: past their grace)."""
-        if self.stopping or self._deadline is None:
-            return self.stopping
-        return time.monotonic() >= self._deadline + (self.closing_grace_s if self._closing else 0.0)
+        left = self._time_left()
+        return self.stopping or (left is not None and left <= 0.0)
 
     def _time_left(self) -> float | None:
         """Seconds until ``_over`` comes true by the clock alone; None without a deadline."""
