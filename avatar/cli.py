@@ -116,7 +116,8 @@ def cmd_face_add(args) -> int:
     from avatar.face.offline import face_add_main
 
     config = _load_config(args)
-    return face_add_main(args.photo, args.name, faces_dir=config.data_path / "faces", size=config.video.size)
+    return face_add_main(args.photo, args.name, faces_dir=config.data_path / "faces", size=config.video.size,
+                         voices=args.voice or ())
 
 
 def cmd_render(args) -> int:
@@ -200,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "renderer needs. Errors name the problem (no face, several faces, too small).")
     fa.add_argument("photo", help="a front-facing portrait (PNG or JPEG)")
     fa.add_argument("--name", help="face name (default: the file name)")
+    fa.add_argument("--voice", action="append", metavar="VOICE",
+                    help="the voice this face speaks with, once per language: a Kokoro voice in voices/kokoro "
+                         "(af_heart, am_michael, zf_xiaoxiao, ...), a Piper voice or espeak:NAME. Without it the "
+                         "face gets the default (female) voice of persona.language")
     config_options(fa)
     fa.set_defaults(func=cmd_face_add)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

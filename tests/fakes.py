@@ -71,7 +71,7 @@ class ToneTTS:
 
     sample_rate = 22050
 
-    def synthesize(self, text):
+    def synthesize(self, text, voice=None):
         n = int(0.06 * self.sample_rate * max(1, len(text.split())))
         t = np.arange(n) / self.sample_rate
         yield SpeechChunk((np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16), text, [])

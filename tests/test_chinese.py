@@ -98,11 +98,12 @@ def test_chinese_persona_prompt_and_backend_choice():
     config = load_config(overrides={"persona": {"language": "zh"}})
     assert config.system_prompt.endswith("请用简体中文回答。")
     assert load_config().system_prompt == load_config().persona.system_prompt.replace("{name}", "Sam")
-    assert tts_backend(TTSConfig(), ZH) == "espeak"  # the English preset voice is no voice for Chinese
-    assert tts_backend(TTSConfig(), PersonaConfig()) == "piper"
+    assert tts_backend(TTSConfig(), ZH) == "kokoro"  # the Mandarin Kokoro voice (avatar[multilingual])
+    assert describe_tts(TTSConfig(), ZH) == "kokoro zf_xiaoxiao (female, zh)"
+    assert tts_backend(TTSConfig(), PersonaConfig()) == "kokoro"
     assert tts_backend(TTSConfig(voice="voices/zh_CN-x.onnx"), ZH) == "piper"  # a Chinese Piper voice
     assert tts_backend(TTSConfig(voice="espeak:en-us"), PersonaConfig()) == "espeak"
-    assert describe_tts(TTSConfig(), ZH) == "espeak-ng cmn-latn-pinyin"
+    assert describe_tts(TTSConfig(backend="espeak"), ZH) == "espeak-ng cmn-latn-pinyin"
     with pytest.raises(ConfigError, match="unknown tts backend"):
         tts_backend(TTSConfig(backend="festival"), ZH)
 
@@ -194,11 +195,12 @@ def test_a_chinese_piper_voice_from_voices_folder(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_talk_wav_in_mandarin_through_a_real_server(server_factory, tmp_path):
     """A Mandarin question through `avatar talk --wav`: Chinese transcript (CER <= 15%), Chinese reply, audio.
-    Real default models: Whisper base (multilingual), Qwen2.5 0.5B, espeak-ng Mandarin."""
+    Real default models: Whisper base (multilingual), Qwen2.5 0.5B, the Kokoro Mandarin voice, whose reply
+    Whisper base reads back as Chinese."""
     question = tmp_path / "question.wav"
     espeak_wav(QUESTION, question, voice="cmn-latn-pinyin", wpm=150)
     server = server_factory({"persona.language": "zh", "asr.model": "base", "video.enabled": False})
-    assert "espeak-ng cmn-latn-pinyin" in server.log()
+    assert "TTS kokoro zf_xiaoxiao (female, zh)" in server.log()
     out = tmp_path / "reply.wav"
     run = subprocess.run([sys.executable, "-m", "avatar", "talk", "--url", server.ws_url, "--wav", str(question),
                           "--json", "--out", str(out)], capture_output=True, text=True, timeout=240)
@@ -211,6 +213,15 @@ def test_talk_wav_in_mandarin_through_a_real_server(server_factory, tmp_path):
     assert cjk(reply) >= 3 and cjk(reply) >= 0.5 * len(re.sub(r"[\W\d_]+", "", reply)), reply
     assert summary["audio_seconds"] > 0.5 and out.stat().st_size > 44 + 2 * 22050 * 0.5
     assert isinstance(summary["latency_ms"]["voice_to_voice"], float)
+    # The reply is Mandarin speech, not only Mandarin text: the recogniser hears it back as Chinese.
+    from avatar.config import ASRConfig
+    from avatar.models.asr.faster_whisper import FasterWhisperASR
+    from tests.speech import read_wav, resample
+
+    audio, rate = read_wav(out)
+    heard = FasterWhisperASR(ASRConfig(model="base")).transcribe(resample(audio, rate, 16000), language=None).text
+    print("reply heard as", heard)
+    assert cjk(heard) >= 0.5 * cjk(reply), (reply, heard)
 
 
 def test_cer():

@@ -31,7 +31,7 @@ class SpyTTS:
     def __init__(self):
         self.said: list[str] = []
 
-    def synthesize(self, text):
+    def synthesize(self, text, voice=None):
         import numpy as np
 
         from avatar.models.tts.base import SpeechChunk

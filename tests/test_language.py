@@ -80,12 +80,13 @@ def test_the_places_that_read_persona_language_agree():
     for tag in ("zh", "zh-CN", "zh_Hans", "ZH"):
         config = load_config(overrides={"persona": {"language": tag}})
         assert config.system_prompt.endswith("请用简体中文回答。"), tag
-        assert tts_backend(TTSConfig(), PersonaConfig(language=tag)) == "espeak", tag
+        assert tts_backend(TTSConfig(), PersonaConfig(language=tag)) == "kokoro", tag  # zf_xiaoxiao
         assert voice_for(TTSConfig(), PersonaConfig(language=tag)) == "cmn-latn-pinyin", tag
         assert language_of("OK", tag) == "zh", tag
         assert prompt_for(Comment("amy", "多少钱？"), Language.parse(tag).code).startswith("观众")
     assert load_config(overrides={"persona": {"language": "yue-HK"}}).system_prompt.endswith("请用粤语回答。")
-    assert tts_backend(TTSConfig(), PersonaConfig(language="en-US")) == "piper"
+    assert tts_backend(TTSConfig(), PersonaConfig(language="en-US")) == "kokoro"
+    assert tts_backend(TTSConfig(), PersonaConfig(language="yue-HK")) == "espeak"  # no Cantonese Kokoro voice
     assert voice_for(TTSConfig(), PersonaConfig(language="fr-FR")) == "fr-fr"  # a tag espeak-ng knows as a voice
     assert language_of("你好", "en") == "zh" and language_of("Hi", "fr") == "en"
 

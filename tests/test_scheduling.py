@@ -258,7 +258,7 @@ async def test_a_first_clause_is_synthesised_before_other_replies_later_clauses(
     gate = threading.Event()
 
     class GatedTTS(ToneTTS):
-        def synthesize(self, text):
+        def synthesize(self, text, voice=None):
             started.append(text)
             gate.wait(10)
             yield from super().synthesize(text)

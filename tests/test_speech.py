@@ -148,7 +148,7 @@ async def test_a_dropped_or_failed_turn_resolves_its_handle(tmp_path):
     class BrokenTTS:
         sample_rate = 22050
 
-        def synthesize(self, text):
+        def synthesize(self, text, voice=None):
             raise RuntimeError("the voice is gone")
             yield  # a generator, like the real ones
 

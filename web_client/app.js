@@ -308,6 +308,8 @@ function onReady(msg) {
   const name = (msg.persona && msg.persona.name) || 'avatar';
   usePersonaLanguage(msg.persona && msg.persona.language);
   $('persona-name').textContent = name;
+  // The voice the persona speaks with (the face's own, or the operator's): shown so a mismatch is visible.
+  $('persona-voice').textContent = msg.voice ? `· ${msg.voice}` : '';
   document.title = `${name} · avatar`;
   chat.setAgentName(name);
   chat.renderHistory(msg.history, msg.resumed);

@@ -78,6 +78,7 @@ class SessionFactory:
             audio={"input_rate": INPUT_SAMPLE_RATE, "output_rate": services.output_rate},
             video=video, controls=controls, face=face.name if face is not None else None,
             faces=list(services.faces.names) if services.faces is not None else [],
+            voice=services.speech.voice_for(face.name if face is not None else services.config.persona.face),
         ))
         conversation = Conversation(admission.session_id, admission.user_id, history)
         denoiser = None

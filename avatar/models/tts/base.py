@@ -25,5 +25,6 @@ class SpeechChunk:
 class TTSModel(Protocol):
     sample_rate: int
 
-    def synthesize(self, text: str) -> Iterator[SpeechChunk]:
-        """Yield audio chunks (about one per sentence) as they are made. Blocking; thread-safe."""
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[SpeechChunk]:
+        """Yield audio chunks (about one per sentence) as they are made. Blocking; thread-safe.
+        ``voice``: another voice of the same model (Kokoro's); backends with one voice use theirs."""

@@ -103,7 +103,7 @@ class EspeakTTS:
             raise RuntimeError(f"espeak-ng failed ({run.returncode}): {run.stderr.decode(errors='replace')[:200]}")
         return parse_wav(run.stdout)
 
-    def synthesize(self, text: str) -> Iterator[SpeechChunk]:
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[SpeechChunk]:
         for sentence in split_sentences(text):
             spoken = zh_text.normalize(sentence) if self.chinese else sentence
             audio, _ = self._speak(spoken)

@@ -88,7 +88,7 @@ class PiperTTS:
         from piper import PiperVoice, SynthesisConfig
         from piper.config import PiperConfig
 
-        self.voice_path = piper_voice(cfg.voice or persona.voice)
+        self.voice_path = piper_voice(cfg.voice or persona.voice or "joe-medium")
         model_path, self.has_timings = aligned_model(self.voice_path)
         try:
             config = PiperConfig.from_dict(json.loads(Path(f"{self.voice_path}.json").read_text("utf-8")))
@@ -112,7 +112,7 @@ class PiperTTS:
             _check_g2pw(self.voice_path)
         self._syn = SynthesisConfig(length_scale=cfg.length_scale)
 
-    def synthesize(self, text: str) -> Iterator[SpeechChunk]:
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[SpeechChunk]:
         for sentence in split_sentences(text):
             spoken = zh_text.normalize(sentence) if self.chinese else sentence
             audio, phonemes, offset = [], [], 0

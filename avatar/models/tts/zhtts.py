@@ -98,7 +98,7 @@ class ZhTTS:
         audio = self.vocoder.run(None, {"mels": mel.astype(np.float32)})[0].reshape(-1)
         return (np.clip(audio, -1, 1) * 32767).astype(np.int16)
 
-    def synthesize(self, text: str) -> Iterator[SpeechChunk]:
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[SpeechChunk]:
         for sentence in split_sentences(text):
             spoken = zh_text.normalize(sentence)
             if not has_cjk(spoken):
