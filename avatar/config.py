@@ -215,7 +215,9 @@ class LimitsConfig:
     max_text_chars: int = 2000
     audio_rate_slack: float = 1.5  # audio may arrive this much faster than real time
     turns_per_minute: int = 30
-    max_sessions: int = 32
+    # 0: as many as this machine voices in real time, measured at start from the voice's and the face's cost
+    # (avatar/runtime/capacity.py; 2 with Kokoro and video on 2 cores); a number: exactly that many
+    max_sessions: int = 0
     max_sessions_per_client: int = 8
     idle_timeout_s: float = 600.0
     stage_timeout_s: float = 30.0

@@ -52,7 +52,8 @@ def smollm():
 
 @pytest.fixture(scope="module")
 def tts():
-    return load_tts(TTSConfig(), PersonaConfig())
+    """Piper: the voice with phoneme timings (the default voice, Kokoro, has its own tests in test_voices.py)."""
+    return load_tts(TTSConfig(backend="piper"), PersonaConfig())
 
 
 # ---- VAD -----------------------------------------------------------------------------------------

@@ -100,9 +100,9 @@ class AvatarServer:
             return refusal
         if self.closing:
             return Refusal(503, "shutdown", "avatar: the server is shutting down; try again in a moment.\n")
-        if max(len(self.sessions), self.addresses.total()) >= limits.max_sessions:
-            return Refusal(503, "capacity", f"avatar: this server has its maximum of {limits.max_sessions} "
-                           "conversations (limits.max_sessions); try again later.\n")
+        if max(len(self.sessions), self.addresses.total()) >= self.services.session_limit:
+            return Refusal(503, "capacity", f"avatar: this server has its maximum of {self.services.session_limit} "
+                           f"conversations ({self.services.capacity.describe()}); try again later.\n")
         address = self.access.client_address(connection.remote_address, request.headers)
         if self.addresses.count(address) >= limits.max_sessions_per_client:
             return Refusal(429, "per_client", f"avatar: {address} already has {limits.max_sessions_per_client} "
@@ -129,7 +129,7 @@ class AvatarServer:
             "models": models, "memory": memory_ok, "storage": storage, "video": services.faces is not None,
             "faces": len(services.faces.names) if services.faces is not None else 0,
             "sessions": len(self.sessions), "connections": self.addresses.total(),
-            "max_sessions": services.config.limits.max_sessions, "uptime_s": round(time.time() - self.started, 1),
+            "max_sessions": services.session_limit, "uptime_s": round(time.time() - self.started, 1),
             "token_required": self.access.required,
         }
         for door in self.doors:

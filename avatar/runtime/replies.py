@@ -15,6 +15,7 @@ from avatar.config import Config
 from avatar.conversation.pacing import ReplyPacing
 from avatar.conversation.prompt import build_prompt
 from avatar.models.llm.base import lower_thread_priority, prime_slots
+from avatar.runtime.capacity import CEILING
 from avatar.runtime.scheduling import FairQueue, SessionGone
 from avatar.runtime.threads import iterate_in_thread, with_timeouts
 
@@ -32,7 +33,7 @@ class Replies:
         self.knowledge = knowledge  # avatar.knowledge.Knowledge or None: a small folder stands in the system prompt
         self.open_sessions = open_sessions if open_sessions is not None else set()
         self.others_busy = others_busy  # speech is being recognised or synthesised for some session
-        sessions = max(2, config.limits.max_sessions)
+        sessions = max(2, config.limits.max_sessions or CEILING)  # 0: measured at start, at most the ceiling
         # LLM streams hold a thread for a whole reply, so they get a pool as large as the session limit (the
         # model itself bounds how many generate at once). Frames and audio are due within a tenth of a
         # second; a reply's text is read out over seconds. When the CPU is short (several sessions on 2

@@ -49,6 +49,11 @@ class Services:
     def __post_init__(self) -> None:
         models = self.models
         self.open_sessions: set[str] = set()  # Session ids from Session() until Session.close
+        from avatar.runtime.capacity import capacity
+
+        # Until size() measures it (Services.load): the configured number, or the ceiling.
+        self.capacity = capacity(self.config.limits.max_sessions, None)
+        self._warm_speech = np.zeros(1, np.int16)
         self.recognition = Recognition(self.config, models, replies_busy=lambda: self.replies.busy())
         self.speech = Speech(self.config, models, self.face_voices)
         self.replies = Replies(self.config, models, knowledge=self.knowledge, open_sessions=self.open_sessions,
@@ -99,6 +104,7 @@ class Services:
         runtime = cls(config, models, memory, faces, knowledge, injected, voices)
         if config.server.warm_up:
             runtime.warm_up(progress)
+        runtime.size(progress)
         if injected:
             fault_injection.install(models, injected)
             progress(f"WARNING: fault injection is ON ({fault_injection.ENV}="
@@ -126,6 +132,7 @@ class Services:
             return np.concatenate([chunk.audio for chunk in models.tts.synthesize(text)])
 
         speech = [f.result() for f in [self.speech.pool.submit(speak) for _ in range(TTS_THREADS)]][0]
+        self._warm_speech = speech
         # Real speech, so that the recogniser decodes words rather than an empty window.
         heard = resample_linear(speech / 32768.0, self.output_rate, models.asr.sample_rate)
         for f in [self.recognition.pool.submit(models.asr.transcribe, heard, language=language)
@@ -147,6 +154,35 @@ class Services:
         except Exception as exc:  # noqa: BLE001 - e.g. a remote LLM server not up yet: say so, serve anyway
             progress(f"WARNING: the LLM did not answer a warm-up prompt ({exc}); replies will fail until it does")
         progress(f"warmed up ASR, TTS, {slots} and the face renderer in {time.monotonic() - t0:.1f} s")
+
+    def size(self, progress: Callable[[str], None]) -> None:
+        """Set ``capacity``: the conversations admitted at once, measured from what speech and the face cost here
+        (avatar.runtime.capacity), unless limits.max_sessions names a number. Measured after warm-up only."""
+        from avatar.runtime import capacity
+
+        configured = self.config.limits.max_sessions
+        costs = None
+        if self.config.server.warm_up:
+            render = None
+            if self.faces is not None and self.faces.names:
+                from avatar.face.animator import build_animator
+
+                animator = build_animator(self.faces.get(self.faces.names[0]), sample_rate=self.output_rate,
+                                          video=self.config.video)
+                animator.add_speech(0, self._warm_speech[: self.output_rate])
+                render = lambda i: animator.jpeg_at(i * self.output_rate // 10)  # noqa: E731
+            costs = capacity.measure(self.models.tts, render, self.config.video.fps)
+        measured = capacity.capacity(0, *costs) if costs else None
+        self.capacity = capacity.capacity(configured, *(costs or (None,)))
+        progress(f"capacity: {self.capacity.describe()}")
+        if configured and measured is not None and configured > measured.limit:
+            progress(f"WARNING: limits.max_sessions = {configured} is more than the {measured.limit} conversations "
+                     f"this machine voices in real time ({measured.describe()}); replies will fall behind when "
+                     "that many speak")
+
+    @property
+    def session_limit(self) -> int:
+        return self.capacity.limit
 
     def close(self, *, close_llm: bool = True) -> None:
         """Stop the worker threads and close the models and the stores; ``close_llm=False`` leaves the
