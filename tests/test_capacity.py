@@ -53,3 +53,44 @@ def test_a_configured_limit_is_kept_and_an_unmeasured_server_gets_the_ceiling():
     measured = capacity.capacity(0, 1.2, 0.25)
     assert measured.measured and measured.limit == limit_for(1.2, 0.25, capacity.cores())
     assert "measured: speech costs 1.20 CPU-s per second of audio" in measured.describe()
+
+
+def test_a_server_admits_the_measured_number_and_names_it_when_full(server_factory):
+    """The default server (Kokoro, video on) measures its capacity at start, prints it, reports it on /healthz,
+    and refuses the next conversation with a 503 that says why."""
+    import asyncio
+    import json
+    import re
+    import urllib.request
+
+    import pytest
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    from tests.conftest import FAST
+
+    server = server_factory(FAST)
+    line = re.search(r"capacity: (\d+) conversations at once, measured: speech costs ([\d.]+) CPU-s", server.log())
+    assert line, server.log()[-3000:]
+    limit, cost = int(line.group(1)), float(line.group(2))
+    assert 0.3 < cost < 5  # Kokoro: about 1 CPU-s per second of audio on the 2-core VM
+    with urllib.request.urlopen(server.http_url + "/healthz") as response:
+        assert json.loads(response.read())["max_sessions"] == limit
+
+    async def fill() -> str:
+        open_ = []
+        try:
+            for _ in range(limit):
+                ws = await connect(server.ws_url, max_size=None)
+                await ws.send(json.dumps({"type": "hello", "video": False}))
+                assert json.loads(await ws.recv())["type"] == "ready"
+                open_.append(ws)
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(server.ws_url)
+            return refused.value.response.status_code, refused.value.response.body.decode()
+        finally:
+            for ws in open_:
+                await ws.close()
+
+    status, body = asyncio.run(fill())
+    assert status == 503 and f"maximum of {limit} conversations" in body and "measured" in body, body

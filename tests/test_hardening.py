@@ -276,7 +276,8 @@ def test_tokens_origins_metrics_over_http(server_factory):
 
 def test_limits_over_a_real_socket(server_factory):
     server = server_factory({**FAST, **NO_VIDEO, "limits.turns_per_minute": 2, "limits.idle_timeout_s": 2.0,
-                             "limits.max_sessions_per_client": 3, "limits.messages_per_second": 50.0,
+                             "limits.max_sessions_per_client": 3, "limits.max_sessions": 8,
+                             "limits.messages_per_second": 50.0,
                              "limits.message_burst": 60, "limits.max_message_bytes": 65536})
 
     async def events_until(ws, predicate, timeout):
