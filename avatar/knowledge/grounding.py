@@ -9,13 +9,15 @@ names the passages do not contain with a sentence that says so and offers the ph
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 from avatar.knowledge.index import Passage
+from avatar.knowledge.polarity import Contradiction, contradiction, topic
 from avatar.knowledge.specifics import Specific, Support, names, specifics
 from avatar.knowledge.terms import ANSWER_WORDS, query_terms
-from avatar.language import Language, count_cjk, has_cjk
+from avatar.language import Language, count_cjk, has_cjk, join_clauses
 
 # Constant, so that it stays in the LLM's prompt cache with the persona's prompt; the passages of a turn
 # go into that turn's user message instead (see Grounding.apply).
@@ -37,6 +39,15 @@ FALLBACK = {
            "I'm sorry, I don't have that information; please ask a member of staff."),
     "zh": ("抱歉，这个我不清楚。您可以拨打 {phone} 咨询。", "抱歉，这个我不清楚，请咨询店内工作人员。"),
 }
+# After a sentence that passed: the rest is not known, but what was said stands.
+MORE = {
+    "en": ("For more details, you can call us at {phone}.", "For more details, please ask a member of staff."),
+    "zh": ("更多详情请拨打 {phone}。", "更多详情请咨询店内工作人员。"),
+}
+# A clause that ends its sentence: the held clauses of the sentence may be spoken.
+_SENTENCE_DONE = re.compile(r"[.!?…。！？][\"')\]”’」』）]*\s*$")
+# The persona speaking of itself: its name is support only here ("Hello Sam!" names the user wrongly).
+_SELF = r"\b(?:I am|I'm|my name is|my name's|call me|this is|it's|me,)\s+(?:\w+\s+)?{name}\b|\b{name},? here\b"
 
 
 def approx_tokens(text: str) -> int:
@@ -73,6 +84,13 @@ class Grounding:
     replaced: bool = False
     instruction: str = ""  # added to the system prompt (constant for a knowledge base)
     standing: bool = False  # every passage is in the instruction: the user message gets no facts
+    phone: str = ""
+    persona_name: str = ""  # supports a name only where the persona speaks of itself
+    # Clauses are spoken a whole sentence at a time, so that a failed clause can replace its sentence.
+    hold: bool = True
+    pending: list[str] = field(default_factory=list)  # clauses of the unfinished sentence, checked
+    said: list[str] = field(default_factory=list)  # sentences released
+    contradicted: list[Contradiction] = field(default_factory=list)
 
     @property
     def sources(self) -> list[str]:
@@ -100,28 +118,86 @@ class Grounding:
         return out
 
     def check(self, clause: str) -> str:
-        """The clause as it may be spoken: unchanged, or the fallback sentence when it states a number or a
-        name that the passages do not support. After a replacement the rest of the reply is dropped (""):
-        it would go on about what was not known."""
+        """What of the reply may be spoken now, given its next ``clause``: "" while the clause's sentence is
+        not finished (``hold``) or after a replacement, the finished sentence once all its clauses passed,
+        or a repair when the clause fails (``repair``). A half sentence is never released, so a failed
+        clause never leaves one spoken before the don't-know line."""
         if self.support is None:
             return clause
         if self.replaced:
             return ""
-        bad = self.support.unsupported(clause)
+        problem = self.problem(clause)
+        if problem is not None:
+            self.replaced = True
+            self.pending.clear()
+            return self.repair(problem)
+        self.pending.append(clause)
+        if self.hold and not _SENTENCE_DONE.search(clause):
+            return ""
+        return self._release()
+
+    def finish(self) -> str:
+        """The end of the reply: the last sentence if it had no final stop (it passed the check)."""
+        return self._release() if self.support is not None and not self.replaced else ""
+
+    def _release(self) -> str:
+        text = join_clauses(self.pending)
+        self.pending.clear()
+        if text:
+            self.said.append(text)
+        return text
+
+    def problem(self, clause: str) -> Contradiction | list[Specific] | None:
+        """Why ``clause`` may not be spoken: the passage sentence it contradicts, or its unsupported
+        specifics (a number or name the passages do not hold, the persona's own name given to someone
+        else), or None."""
+        bad = [s for s in self.support.unsupported(clause)
+               if not (s.kind == "name" and self._self_reference(clause, s))]
         if self.topic_gaps:  # a question about something the documents never mention
             bad += [s for s in specifics(clause) if s.kind == "number" and s not in bad]
-        if not bad:
-            return clause
-        self.flagged.extend(bad)
-        self.replaced = True
-        return self.fallback
+        if bad:
+            self.flagged.extend(bad)
+            return bad
+        if not has_cjk(clause):
+            found = contradiction(" ".join([*self.pending, clause]), self.user_text, [p.text for p in self.passages])
+            if found is not None:
+                self.contradicted.append(found)
+                return found
+        return None
 
+    def _self_reference(self, clause: str, spec: Specific) -> bool:
+        """The persona's name said of itself ("I'm Sam"): supported by the persona only there."""
+        own = {w.lower() for w in self.persona_name.split()}
+        if not own or not set(spec.values) <= own | self.support.words:
+            return False
+        pattern = _SELF.format(name=re.escape(self.persona_name))
+        return bool(re.search(pattern, clause.replace("’", "'"), re.IGNORECASE))
 
+    def repair(self, problem) -> str:
+        """What replaces the failed clause and the rest of the reply, so that the reply still reads whole.
+
+        A contradicted clause is replaced by the passage sentence it contradicts: the documents' own words
+        are the right answer. Unsupported specifics get the don't-know sentence when nothing was said yet;
+        after a finished sentence they get only the offer to call (a right "Yes." followed by "I don't
+        have that information" told the listener two things)."""
+        if isinstance(problem, Contradiction):
+            return problem.evidence.rstrip(".") + "."
+        asked = topic(self.user_text)
+        if any(topic(sentence) & asked for sentence in self.said):  # a part of the answer was given
+            return self.more
+        return self.fallback  # nothing yet, or only "Good question!"
+
+    @property
+    def more(self) -> str:
+        lang = language_of(self.user_text, "en")
+        with_phone, without = MORE[lang]
+        return with_phone.format(phone=self.phone) if self.phone else without
 
 
 def make_grounding(index, user_text: str, *, history=(), top_k: int, budget_tokens: int, check: bool,
                    phone: str, language: str, count_tokens: Callable[[str], int], persona_text: str = "",
-                   standing: tuple[str, int] | None = None) -> Grounding:
+                   standing: tuple[str, int] | None = None, persona_name: str = "",
+                   hold: bool = True) -> Grounding:
     """Retrieve the passages for ``user_text`` (a short follow-up also searches with the previous
     question: "and on Saturdays?") and build the turn's grounding within ``budget_tokens``. With
     ``standing`` (the whole folder rendered, and its tokens) the folder is in the system prompt instead;
@@ -148,9 +224,15 @@ def make_grounding(index, user_text: str, *, history=(), top_k: int, budget_toke
                               instruction=instruction(phone, standing[0]), standing=True)
     else:
         grounding = Grounding(user_text, chosen, fallback, tokens=used, instruction=instruction(phone))
+    grounding.phone, grounding.persona_name, grounding.hold = phone, persona_name, hold
     if check:
         earlier = f"{last.heard_text}" if last is not None else ""  # already checked when it was spoken
-        # The persona's prompt is the operator's own text too (a show file's catalogue and prices).
+        # The persona's prompt is the operator's own text too (a show file's catalogue and prices), but
+        # its name is no evidence for anyone else's: asked for a staff member's name the documents do not
+        # give, the 0.5B answered with the persona's own (issue 25). Grounding.check allows it of itself.
+        if persona_name:
+            own = re.compile(rf"\b{re.escape(persona_name)}\b")
+            persona_text, earlier = own.sub(" ", persona_text), own.sub(" ", earlier)
         facts = "\n".join([*(p.render() for p in chosen), earlier, phone, persona_text])
         said = f"{user_text} {last.user_text if last is not None else ''} {persona_text}"
         grounding.support = Support(facts, names_from=said)
