@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from avatar.knowledge.index import Passage
-from avatar.knowledge.polarity import Contradiction, contradiction, topic
+from avatar.knowledge.polarity import Contradiction, answer_word, contradiction, is_yes_no, topic
 from avatar.knowledge.specifics import Specific, Support, names, specifics
 from avatar.knowledge.terms import ANSWER_WORDS, query_terms
 from avatar.language import Language, count_cjk, has_cjk, join_clauses
@@ -159,7 +159,9 @@ class Grounding:
             self.flagged.extend(bad)
             return bad
         if not has_cjk(clause):
-            found = contradiction(" ".join([*self.pending, clause]), self.user_text, [p.text for p in self.passages])
+            # The clause alone: two clauses of one sentence may say two things ("open on weekdays, and
+            # closed on Sundays"), each with its own polarity.
+            found = contradiction(clause, self.user_text, [p.text for p in self.passages])
             if found is not None:
                 self.contradicted.append(found)
                 return found
@@ -182,8 +184,9 @@ class Grounding:
         have that information" told the listener two things)."""
         if isinstance(problem, Contradiction):
             return problem.evidence.rstrip(".") + "."
-        asked = topic(self.user_text)
-        if any(topic(sentence) & asked for sentence in self.said):  # a part of the answer was given
+        asked, yes_no = topic(self.user_text), is_yes_no(self.user_text)
+        if any(topic(sentence) & asked or (yes_no and answer_word(sentence)) for sentence in self.said):
+            # a part of the answer was given ("Yes."): it stands, the rest is for the phone
             return self.more
         return self.fallback  # nothing yet, or only "Good question!"
 

@@ -26,10 +26,7 @@ from dataclasses import dataclass
 
 from avatar.knowledge.terms import EN_STOP
 
-_NEG_LABEL_START = re.compile(r"\s+(?=[A-Z][\w' -]{0,30}:\s)")
-_LABEL = re.compile(r"^[A-Z][\w' -]{0,30}:\s+")
-_CAPS_HEADING = re.compile(r"^(?:[A-Z]{2,}\s+)+(?=[A-Z][a-z])")
-_WORD = re.compile(r"\b(?:not|never|cannot|can't|nor|none|nothing|nobody|closed|unable|unavailable|"
+_NEG_WORD = re.compile(r"\b(?:not|never|cannot|can't|nor|none|nothing|nobody|closed|unable|unavailable|"
                        r"except|without|prohibited|forbidden|neither)\b|n't\b|n’t\b", re.IGNORECASE)
 # "no" negates when it qualifies something ("no swimming pool", "no later than"); a leading "No," is an answer.
 _NO_DET = re.compile(r"(?<![^\W\d_])no\s+(?!,)(?=[^\W\d_])", re.IGNORECASE)
@@ -38,14 +35,18 @@ _ANSWER = re.compile(r"^\s*(?P<word>yes|yeah|yep|sure|of course|absolutely|certa
 _NEG_ANSWERS = ("no", "nope", "sorry", "unfortunately")
 _YES_NO_QUESTION = re.compile(r"^\s*(?:and\s+|so\s+|but\s+)?(?:are|is|am|do|does|did|can|could|may|might|will|"
                               r"would|shall|should|have|has|had|was|were|must)\b", re.IGNORECASE)
+_CLOSED = re.compile(r"\b(?:closed|shut)\b", re.IGNORECASE)
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+_LABEL_START = re.compile(r"\s+(?=[A-Z][\w' -]{0,30}:\s)")
+_LABEL = re.compile(r"^[A-Z][\w' -]{0,30}:\s+")
+_CAPS_HEADING = re.compile(r"^(?:[A-Z]{2,}\s+)+(?=[A-Z][a-z])")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\s*;\s+|\n+")
 # Words that carry the negation or the answer, not the topic.
 _NOT_TOPIC = frozenset("""not never cannot can't nor none nothing nobody closed unable unavailable except without
 prohibited forbidden neither no yes yeah yep sure course absolutely certainly definitely unfortunately sorry
 don't doesn't isn't aren't won't wasn't weren't didn't haven't hasn't shouldn't couldn't wouldn't mustn't
 we'd we're we'll we've you'd you're you'll you've it's that's there's they're i'm i'll i've i'd
-allowed welcome possible available offer offers accept accepts""".split()) | EN_STOP
+allowed welcome possible available offer offers accept accepts shut""".split()) | EN_STOP
 
 
 def stem(word: str) -> str:
@@ -53,14 +54,17 @@ def stem(word: str) -> str:
     word = word.lower().replace("’", "'").split("'")[0]
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
+    if len(word) > 5 and word.endswith(("ed", "ing")):  # "returned", "opening"
+        return word[: -2 if word.endswith("ed") else -3]
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
 
 
 def topic(text: str) -> set[str]:
-    """The content words of ``text``, stemmed (hyphenated words also give their parts: "e-bike")."""
-    words: set[str] = set()
+    """The content words of ``text``, stemmed (hyphenated words also give their parts: "e-bike"). "Closed"
+    is about opening: "closed on Sundays" answers "open on Sundays?" (the negation is seen apart)."""
+    words: set[str] = {"open"} if _CLOSED.search(text) else set()
     for match in _WORD.finditer(text):
         for part in [match.group(), *match.group().split("-")]:
             if part.lower() not in _NOT_TOPIC and len(part) > 1:
