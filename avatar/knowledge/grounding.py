@@ -44,6 +44,8 @@ MORE = {
     "en": ("For more details, you can call us at {phone}.", "For more details, please ask a member of staff."),
     "zh": ("更多详情请拨打 {phone}。", "更多详情请咨询店内工作人员。"),
 }
+# Where a sentence's parts are cut for the polarity check.
+_PARTS = re.compile(r"[,;:]\s+|\s+(?:but|although|though|however|whereas)\s+")
 # A clause that ends its sentence: the held clauses of the sentence may be spoken.
 _SENTENCE_DONE = re.compile(r"[.!?…。！？][\"')\]”’」』）]*\s*$")
 # The persona speaking of itself: its name is support only here ("Hello Sam!" names the user wrongly).
@@ -119,50 +121,63 @@ class Grounding:
 
     def check(self, clause: str) -> str:
         """What of the reply may be spoken now, given its next ``clause``: "" while the clause's sentence is
-        not finished (``hold``) or after a replacement, the finished sentence once all its clauses passed,
-        or a repair when the clause fails (``repair``). A half sentence is never released, so a failed
-        clause never leaves one spoken before the don't-know line."""
+        not finished (``hold``) or after a replacement, the finished sentence once it passed the check, or a
+        repair when it failed (``repair``). A half sentence is never released, so a failed clause never
+        leaves one spoken before the don't-know line."""
         if self.support is None:
             return clause
         if self.replaced:
             return ""
-        problem = self.problem(clause)
-        if problem is not None:
-            self.replaced = True
-            self.pending.clear()
-            return self.repair(problem)
+        bad = self.unsupported(clause)
+        if bad:
+            return self._fail(bad)
         self.pending.append(clause)
         if self.hold and not _SENTENCE_DONE.search(clause):
             return ""
         return self._release()
 
     def finish(self) -> str:
-        """The end of the reply: the last sentence if it had no final stop (it passed the check)."""
+        """The end of the reply: the last sentence if it had no final stop (and passes the check)."""
         return self._release() if self.support is not None and not self.replaced else ""
+
+    def _fail(self, problem) -> str:
+        self.replaced = True
+        self.pending.clear()
+        return self.repair(problem)
 
     def _release(self) -> str:
         text = join_clauses(self.pending)
+        if text and (found := self.contradicts(text)) is not None:
+            return self._fail(found)
         self.pending.clear()
         if text:
             self.said.append(text)
         return text
 
-    def problem(self, clause: str) -> Contradiction | list[Specific] | None:
-        """Why ``clause`` may not be spoken: the passage sentence it contradicts, or its unsupported
-        specifics (a number or name the passages do not hold, the persona's own name given to someone
-        else), or None."""
+    def unsupported(self, clause: str) -> list[Specific]:
+        """The clause's numbers and names that the passages do not hold (the persona's own name given to
+        someone else among them)."""
         bad = [s for s in self.support.unsupported(clause)
                if not (s.kind == "name" and self._self_reference(clause, s))]
         if self.topic_gaps:  # a question about something the documents never mention
             bad += [s for s in specifics(clause) if s.kind == "number" and s not in bad]
-        if bad:
-            self.flagged.extend(bad)
-            return bad
-        if not has_cjk(clause):
-            # The clause alone: two clauses of one sentence may say two things ("open on weekdays, and
-            # closed on Sundays"), each with its own polarity.
-            found = contradiction(clause, self.user_text, [p.text for p in self.passages])
-            if found is not None:
+        self.flagged.extend(bad)
+        return bad
+
+    def contradicts(self, text: str) -> Contradiction | None:
+        """The passage sentence that a part of ``text`` (a sentence, or a clause when sentences are not
+        held) contradicts. Each part is judged alone, cut at commas and semicolons: one sentence may say
+        two things ("open on weekdays, and closed on Sundays"), and the session's first clause may end
+        mid-phrase ("No, we are closed" + "on Saturdays."), so its own cuts are no guide."""
+        if has_cjk(text):
+            return None
+        evidence, asked = [p.text for p in self.passages], topic(self.user_text)
+        parts = [p for p in _PARTS.split(text) if p.strip()]
+        if any(topic(p) & asked for p in parts):
+            # "No, breakfast is included" to "Is breakfast extra?": the statement says what the "No" means.
+            parts = [p for p in parts if topic(p)]
+        for part in parts:
+            if (found := contradiction(part, self.user_text, evidence)) is not None:
                 self.contradicted.append(found)
                 return found
         return None

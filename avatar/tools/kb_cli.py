@@ -43,6 +43,13 @@ def register(sub, config_options) -> None:
     a.add_argument("--out", metavar="FILE", help="write every question's reply and score here (JSON)")
     common(a)
     a.set_defaults(func=cmd_eval)
+    a = actions.add_parser("persona", help="score identity slips and general-knowledge answers with the configured LLM")
+    a.add_argument("sets", nargs="+", help="tests/data/persona/identity.json and/or general.json")
+    a.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: repeatable)")
+    a.add_argument("--repeats", type=int, default=1, help="replies per identity prompt (default 1)")
+    a.add_argument("--out", metavar="FILE", help="write every reply and its score here (JSON)")
+    config_options(a)
+    a.set_defaults(func=cmd_persona)
     a = actions.add_parser("bench", help="time indexing and retrieval on a generated folder")
     a.add_argument("--docs", type=int, default=1000, help="documents to generate (default 1000)")
     a.add_argument("--queries", type=int, default=300, help="searches to time (default 300)")
@@ -164,6 +171,30 @@ def cmd_eval(args) -> int:
         s = result["summary"]
         print(f"{Path(s['folder']).name}\t{s['model']}\t{s['right_facts']:.0%} of {s['known']}\t"
               f"{s['wrong_polarity']}\t{s['invented_specifics']}\t{s['evasions']} ({s['evasion_share']:.0%})")
+    return 0
+
+
+def cmd_persona(args) -> int:
+    from avatar.models.loading import load_llm
+    from avatar.tools.kb_evaluate import load_questions
+    from avatar.tools.persona_evaluate import run_general, run_identity
+
+    config = _config(args)
+    sets = [(name, load_questions(Path(name))) for name in args.sets]
+    llm = load_llm(config.llm)
+    results, progress = {}, (lambda line: print(line, flush=True))
+    for name, data in sets:
+        if "prompts" in data:
+            result = run_identity(config, llm, data, temperature=args.temperature, max_tokens=config.llm.max_tokens,
+                                  repeats=args.repeats, progress=progress)
+        else:
+            result = run_general(config, llm, data, temperature=args.temperature, max_tokens=config.llm.max_tokens,
+                                 progress=progress)
+        result["summary"].update(model=config.llm.model, temperature=args.temperature, set=name)
+        results[name] = result
+        print(json.dumps(result["summary"], ensure_ascii=False), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=1), encoding="utf-8")
     return 0
 
 

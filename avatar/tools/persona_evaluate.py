@@ -1,0 +1,101 @@
+"""Measure the persona (issue 25, item 3): whether the agent knows who it is, and whether it states common
+facts right (``avatar kb persona``).
+
+Identity: with the default model the agent greeted a user who gave no name with its own ("Hello Sam!"),
+spoke of itself in the third person ("Sam tried to solve a problem") and answered "Do you know my name?"
+with its own. Each reply of tests/data/persona/identity.json is scored for those three faults; the scoring
+is literal, so a failure names the words that caused it. General knowledge: tests/data/persona/general.json,
+one regular expression per question.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from avatar.conversation.memory import Turn
+from avatar.conversation.prompt import build_prompt
+
+# Capitalised words after a greeting that are not anyone's name ("Hello there", "Hi again").
+_NOT_A_NAME = frozenset("""there again everyone everybody all friend friends sir madam i it what how thank thanks
+welcome to and yes no good nice back you human dear folks guys buddy""".split())
+_GREETING = re.compile(r"\b(?:hi|hello|hey|dear|welcome|thanks|thank you|good (?:morning|afternoon|evening)|"
+                       r"nice to meet you|bye|goodbye),?\s+([A-Z][a-z]+)\b", re.IGNORECASE)
+_YOUR_NAME = re.compile(r"\byour name(?: is|'s)\s+([A-Z][a-z]+)", re.IGNORECASE)
+_YOU_ARE = re.compile(r"\byou(?:'re| are)\s+([A-Z][a-z]+)\b")
+_TOLD_ME = re.compile(r"\byou (?:told me|said|mentioned)\b", re.IGNORECASE)
+_SELF_BEFORE = re.compile(r"(?:\bI am|\bI'm|\bmy name is|\bmy name's|\bcall me|\bthis is|\bit's|\bme,)\s+(?:\w+\s+)?$",
+                          re.IGNORECASE)
+
+
+def identity_faults(reply: str, name: str, told: list[str] = (), history: bool = False) -> list[tuple[str, str]]:
+    """(fault, words) for each identity slip in ``reply``: "own_name_to_user" ("Hello Sam!" from Sam),
+    "third_person" ("Sam tried ..."), "claims_user_name" ("your name is Alex" when not told) or
+    "claims_user_fact" ("you told me" in a first conversation)."""
+    text = reply.replace("’", "'")
+    faults: list[tuple[str, str]] = []
+    told_lower = {t.lower() for t in told}
+    for match in re.finditer(rf"\b{re.escape(name)}\b", text):
+        before, after = text[: match.start()], text[match.end():]
+        if _SELF_BEFORE.search(before) or re.match(r",?\s+here\b", after):
+            continue  # "I'm Sam", "Sam here": the persona saying its own name
+        vocative = re.search(r"(?:^|[,!.?]\s*|\b(?:hi|hello|hey|dear|thanks|thank you|bye|goodbye|welcome)\s*,?\s*)$",
+                             before, re.IGNORECASE) and re.match(r"\s*(?:[,!.?]|$)", after)
+        words = text[max(0, match.start() - 20): match.end() + 20].strip()
+        faults.append(("own_name_to_user" if vocative else "third_person", words))
+    for pattern in (_GREETING, _YOUR_NAME, _YOU_ARE):
+        for match in pattern.finditer(text):
+            word = match.group(1)
+            if word.lower() in _NOT_A_NAME or word.lower() in told_lower or word == name:
+                continue
+            faults.append(("claims_user_name", match.group()))
+    if not history and (match := _TOLD_ME.search(text)):
+        faults.append(("claims_user_fact", match.group()))
+    return faults
+
+
+def _reply(llm, messages: list[dict], *, temperature: float, max_tokens: int) -> str:
+    return "".join(llm.stream_chat(messages, max_tokens=max_tokens, temperature=temperature,
+                                   cancel=threading.Event(), conversation="persona-eval")).strip()
+
+
+def _messages(config, llm, item: dict) -> list[dict]:
+    history = [Turn(user, said) for user, said in item.get("history", [])]
+    return build_prompt(config.system_prompt, history, item["q"], count_tokens=llm.count_tokens,
+                        budget_tokens=llm.context_tokens // 2, max_turns=24)
+
+
+def run_identity(config, llm, data: dict, *, temperature: float, max_tokens: int, repeats: int = 1,
+                 progress=print) -> dict:
+    """Ask every prompt ``repeats`` times; a prompt passes when none of its replies has a fault."""
+    name = config.persona.name
+    records = []
+    for number, item in enumerate(data["prompts"]):
+        for attempt in range(repeats):
+            reply = _reply(llm, _messages(config, llm, item), temperature=temperature, max_tokens=max_tokens)
+            faults = identity_faults(reply, name, item.get("told", []), history=bool(item.get("history")))
+            records.append({"prompt": number, "q": item["q"], "attempt": attempt, "reply": reply, "faults": faults})
+            progress(f"{'BAD' if faults else 'ok '} {item['q']!r}\n      {reply!r}" + (f"\n      {faults}" if faults else ""))
+    failed = {r["prompt"] for r in records if r["faults"]}
+    kinds: dict[str, int] = {}
+    for record in records:
+        for kind, _ in record["faults"]:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    summary = {"prompts": len(data["prompts"]), "prompts_passed": len(data["prompts"]) - len(failed),
+               "replies": len(records),
+               "replies_without_fault": round(sum(not r["faults"] for r in records) / max(1, len(records)), 3),
+               "faults": kinds}
+    return {"summary": summary, "records": records}
+
+
+def run_general(config, llm, data: dict, *, temperature: float, max_tokens: int, progress=print) -> dict:
+    records = []
+    for item in data["questions"]:
+        reply = _reply(llm, _messages(config, llm, item), temperature=temperature, max_tokens=max_tokens)
+        right = bool(re.search(item["expect"], reply, re.IGNORECASE)) and not (
+            item.get("reject") and re.search(item["reject"], reply, re.IGNORECASE))
+        records.append({"q": item["q"], "reply": reply, "right": right})
+        progress(f"{'ok ' if right else 'BAD'} {item['q']!r}\n      {reply!r}")
+    summary = {"questions": len(records), "right": sum(r["right"] for r in records),
+               "right_share": round(sum(r["right"] for r in records) / max(1, len(records)), 3)}
+    return {"summary": summary, "records": records}
