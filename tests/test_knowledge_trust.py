@@ -32,9 +32,12 @@ def indexes(tmp_path_factory):
 
 
 def speak(index, question: str, clauses: list[str], *, hold: bool = True, phone: str = "555-0100") -> str:
-    """The reply as the session would speak it, clause by clause, then the end of the reply."""
+    """The reply as the session would speak it, clause by clause, then the end of the reply. The folders
+    are small: they stand in the system prompt, as Knowledge.ground would have them."""
+    rendered = "\n".join(p.render() for p in index.all_passages())
     grounding = make_grounding(index, question, top_k=3, budget_tokens=360, check=True, phone=phone,
                                language="en", count_tokens=approx_tokens, hold=hold, persona_name="Sam",
+                               standing=(rendered, approx_tokens(rendered)),
                                persona_text="Sam You are Sam, a friendly digital human who talks with people by voice.")
     out = [grounding.check(c) for c in clauses] + [grounding.finish()]
     return " ".join(o for o in out if o)
@@ -63,7 +66,6 @@ def test_a_yes_or_no_against_the_documents_is_replaced_by_their_sentence(indexes
     ("dental", "Is the clinic accessible by wheelchair?", "Yes, it is on the ground floor with step-free access."),
     ("dental", "Do you sell gift vouchers?", "No, we do not sell gift vouchers."),
     ("inn", "Can I bring my dog?", "Yes, dogs are welcome in the ground-floor rooms for €15 a night."),
-    ("inn", "Is breakfast extra?", "No, breakfast is included in every room price."),
     ("inn", "Are parties allowed in the rooms?", "No, parties are not allowed in the rooms."),
     ("shop", "When are you open?", "We are open Monday to Friday from 9:00 to 18:00, and closed on Sundays."),
 ])
@@ -73,6 +75,38 @@ def test_a_right_yes_or_no_passes(indexes, folder, question, reply):
     splitter = ClauseSplitter()  # cut as the session cuts a streamed reply
     clauses = [c for word in reply.split(" ") for c in splitter.push(word + " ")] + splitter.flush()
     assert speak(indexes[folder], question, clauses) == reply
+
+
+@pytest.mark.parametrize("question, reply, spoken", [
+    # A "yes" or "no" that says the opposite of the statement after it is dropped: the statement stays.
+    ("Are parties allowed in the rooms?", "Yes, parties are not allowed in the rooms.",
+     "Parties are not allowed in the rooms."),
+    ("Is breakfast extra?", "No, breakfast is included in every room price.",
+     "Breakfast is included in every room price."),
+    ("Do you have free Wi-Fi?", "Yes, there is free Wi-Fi in every room.", "Yes, there is free Wi-Fi in every room."),
+])
+def test_a_yes_or_no_that_its_own_statement_denies_is_dropped(indexes, question, reply, spoken):
+    assert speak(indexes["inn"], question, [reply]) == spoken
+
+
+def test_the_polarity_check_is_for_yes_no_questions_only(indexes):
+    # The passage sentence sharing most words ("Riders under 16 cannot hire an e-bike") is no answer to a
+    # price; the price itself is checked as a number.
+    spoken = speak(indexes["inn"], "How much does it cost to hire an e-bike for a day?",
+                   ["It costs €55 to hire an e-bike for a day."])
+    assert spoken == "It costs €55 to hire an e-bike for a day."
+
+
+def test_the_users_own_age_and_words_outside_the_documents(indexes):
+    # "12-year-old" is the user's; "founded" and "night" are not in the documents, but the question asks
+    # for no amount, so the reply's numbers are still checked against the passages (issue 25's evasions).
+    assert speak(indexes["dental"], "Can my 12-year-old son come to his appointment alone?",
+                 ["No, your 12-year-old needs a parent or guardian with him."]).endswith("12-year-old needs a parent or guardian with him.")
+    assert speak(indexes["dental"], "Who founded the clinic?", ["Dr. Priya Raman opened the clinic in 2009."]) == \
+        "Dr. Priya Raman opened the clinic in 2009."
+    assert "555-0199" in speak(indexes["dental"], "Which number do I call for a dental emergency at night?",
+                               ["Call the emergency line at 555-0199."])
+    assert speak(indexes["shop"], "How much is a bike helmet?", ["A helmet costs $25."]).startswith(DONT_KNOW)
 
 
 def test_polarity_helpers():

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 from avatar.conversation.memory import Turn
+
+# Small models confuse the persona's name with the user's: Qwen 0.5B greeted a user who gave no name with
+# "Hello Sam!" (its own), answered "Do you know my name?" with its own, and said "Sam tried to solve a
+# problem" of itself (issue 25). Saying whose name it is, and that the user's is unknown, fixed that in
+# tests/data/persona/identity.json (docs/trust-measurements.md). Added where the persona's prompt opens
+# with "You are NAME"; an operator's prompt of another shape is left as written.
+IDENTITY = ("{name} is your own name, not the user's. Speak of yourself as \"I\", never as {name}. You do not "
+            "know the user's name or anything about them until they tell you, so never call them by a name.")
+_PERSONA = re.compile(r"^\s*You are ([A-Z][\w'-]*(?: [A-Z][\w'-]*)?)[,.]")
+
+
+def with_identity(system_prompt: str) -> str:
+    """``system_prompt`` with the IDENTITY rules at the end of its first paragraph. The same text whether
+    or not a knowledge instruction follows it, so that the warm-up's prompt and a turn's agree (the LLM
+    slot's prompt cache holds)."""
+    match = _PERSONA.match(system_prompt)
+    if match is None or "your own name" in system_prompt:
+        return system_prompt
+    rule = IDENTITY.format(name=match.group(1))
+    end = system_prompt.find("\n\n")
+    end = len(system_prompt) if end < 0 else end
+    return f"{system_prompt[:end].rstrip()} {rule}{system_prompt[end:]}"
 
 
 @dataclass
@@ -36,6 +59,7 @@ def build_prompt(
     """Chat messages for the model: the system prompt, as many recent turns as fit the token budget, and
     the new user text. Old turns are dropped from the prompt (they stay in the database). With a
     ``window`` (one per conversation), the prompt keeps starting at the same turn while it fits."""
+    system_prompt = with_identity(system_prompt)
     used = count_tokens(system_prompt) + count_tokens(user_text) + 16
     recent = history[-max_turns:] if max_turns > 0 else []
     pairs = []

@@ -7,7 +7,7 @@ returns that are allowed for a fee were refused). The check here is literal too,
 predictable:
 
 - a sentence is negative when it has a negation cue ("not", "n't", "no X", "never", "cannot", "closed",
-  "unable", "except"); otherwise positive;
+  "unable"); otherwise positive;
 - a clause's claim is its own polarity when it has content words ("we are open on Sundays"); a bare
   "Yes." or "No." to a yes/no question claims the question's statement, or its negation;
 - the evidence is the passage sentence (or sentences) sharing the most content words with the claim and
@@ -26,8 +26,10 @@ from dataclasses import dataclass
 
 from avatar.knowledge.terms import EN_STOP
 
+# "without" and "except" are left out: "walk in without an appointment", "paid without interest" and
+# "except for emergencies" qualify, they do not deny.
 _NEG_WORD = re.compile(r"\b(?:not|never|cannot|can't|nor|none|nothing|nobody|closed|unable|unavailable|"
-                       r"except|without|prohibited|forbidden|neither)\b|n't\b|n’t\b", re.IGNORECASE)
+                       r"prohibited|forbidden|neither)\b|n't\b|n’t\b", re.IGNORECASE)
 # "no" negates when it qualifies something ("no swimming pool", "no later than"); a leading "No," is an answer.
 _NO_DET = re.compile(r"(?<![^\W\d_])no\s+(?!,)(?=[^\W\d_])", re.IGNORECASE)
 _ANSWER = re.compile(r"^\s*(?P<word>yes|yeah|yep|sure|of course|absolutely|certainly|definitely|"
@@ -39,6 +41,7 @@ _CLOSED = re.compile(r"\b(?:closed|shut)\b", re.IGNORECASE)
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _LABEL_START = re.compile(r"\s+(?=[A-Z][\w' -]{0,30}:\s)")
 _LABEL = re.compile(r"^[A-Z][\w' -]{0,30}:\s+")
+_FIELD = re.compile(r"^[^:.]{1,30}:\s*[^\s][^.;]{0,40}\.?$")
 _CAPS_HEADING = re.compile(r"^(?:[A-Z]{2,}\s+)+(?=[A-Z][a-z])")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\s*;\s+|\n+")
 # Words that carry the negation or the answer, not the topic.
@@ -102,6 +105,20 @@ def reply_polarity(question: str, reply: str) -> str | None:
     return "no" if negative(first) != asked_negative else "yes"
 
 
+def answer_disagrees(question: str, sentence: str) -> str | None:
+    """``sentence`` without its leading "Yes"/"No" when that word says the opposite of the statement after
+    it ("Yes, parties are not allowed" to "Are parties allowed?"): the statement is what can be checked
+    against the documents, and the word only confuses. None when they agree or there is no such word."""
+    word, match = answer_word(sentence), _ANSWER.match(sentence)
+    rest = sentence[match.end():] if match else ""
+    if word is None or not is_yes_no(question) or not topic(rest) & topic(question):
+        return None
+    claims_negative = negative(question) != (word == "no")
+    if claims_negative == negative(rest):
+        return None
+    return rest[:1].upper() + rest[1:]
+
+
 @dataclass(frozen=True)
 class Contradiction:
     claim: str  # the clause
@@ -132,16 +149,21 @@ def contradiction(clause: str, question: str, evidence_texts: list[str]) -> Cont
         return None
     claim_words = topic(clause)
     word = answer_word(clause)
+    least = 1
     if claim_words & asked:
         claim_negative = negative(clause)
     elif word is not None and not claim_words and is_yes_no(question):
         claim_words = asked  # a bare "Yes." claims the question's statement, "No." its negation
         claim_negative = negative(question) != (word == "no")
+        # ... and needs a sentence on the question, not one that shares a word ("appointment") with it.
+        least = min(2, len(asked))
     else:
         return None  # off the question's topic ("You can call us"): nothing to compare
     best, found = 0, []
     for text in evidence_texts:
         for sentence in sentences(text):
+            if _FIELD.match(sentence):
+                continue  # a table's "Treatment: Crown": a value, not a statement that could say yes or no
             words = topic(sentence)
             shared = len(words & claim_words)
             if not words & asked or shared == 0:
@@ -150,7 +172,7 @@ def contradiction(clause: str, question: str, evidence_texts: list[str]) -> Cont
                 best, found = shared, [sentence]
             elif shared == best:
                 found.append(sentence)
-    if not found:
+    if not found or best < least:
         return None
     polarities = {negative(s) for s in found}
     if len(polarities) != 1 or polarities.pop() == claim_negative:

@@ -21,7 +21,7 @@ from avatar.conversation.clauses import ClauseSplitter
 from avatar.conversation.prompt import build_prompt
 from avatar.knowledge import Knowledge, KnowledgeIndex
 from avatar.knowledge.grounding import approx_tokens, make_grounding
-from avatar.knowledge.polarity import reply_polarity
+from avatar.knowledge.polarity import answer_word, reply_polarity
 from avatar.knowledge.specifics import Support, specifics
 
 
@@ -72,7 +72,10 @@ def score(item: dict, reply: str, allowed: Support, prefix: str = "") -> dict:
     found = bool(re.search(item["expect"], reply, re.IGNORECASE))
     answer = reply_polarity(item["q"], reply) if item.get("polarity") else None
     made_up = invented(reply, allowed)
-    if item.get("polarity") and answer is not None and answer != item["polarity"]:
+    # A reply with no "yes" or "no" in front is judged by its statement's literal polarity, which an
+    # antonym fools ("Is breakfast extra?" - "Breakfast is included."): the expected fact then decides.
+    said_word = answer_word(reply)
+    if item.get("polarity") and answer is not None and answer != item["polarity"] and (said_word or not found):
         verdict = "wrong_polarity"
     elif made_up:
         verdict = "invented"
