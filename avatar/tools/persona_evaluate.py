@@ -18,20 +18,32 @@ from avatar.conversation.prompt import build_prompt
 
 # Capitalised words after a greeting that are not anyone's name ("Hello there", "Hi again").
 _NOT_A_NAME = frozenset("""there again everyone everybody all friend friends sir madam i it what how thank thanks
-welcome to and yes no good nice back you human dear folks guys buddy""".split())
+welcome to and yes no good nice back you human dear folks guys buddy here glad happy sorry sure afraid just
+always currently""".split())
 _GREETING = re.compile(r"\b(?:hi|hello|hey|dear|welcome|thanks|thank you|good (?:morning|afternoon|evening)|"
                        r"nice to meet you|bye|goodbye),?\s+([A-Z][a-z]+)\b", re.IGNORECASE)
 _YOUR_NAME = re.compile(r"\byour name(?: is|'s)\s+([A-Z][a-z]+)", re.IGNORECASE)
 _YOU_ARE = re.compile(r"\byou(?:'re| are)\s+([A-Z][a-z]+)\b")
+_NOT_KNOWN = re.compile(r"\b(?:don't|do not|didn't|did not|haven't|have not|can't|cannot|not)\b.{0,30}\b(?:know|"
+                        r"told|tell|said|say|shared|mentioned|given|gave|sure|remember)|\bno idea\b|\bnot yet\b|^\s*no\b",
+                        re.IGNORECASE)
+_I_AM = re.compile(r"\b(?:I am|I'm|my name is|my name's)\s+([A-Z][a-z]+)\b")
+_YOUR_NAME_TALK = re.compile(r"\byour name\b", re.IGNORECASE)
 _TOLD_ME = re.compile(r"\byou (?:told me|said|mentioned)\b", re.IGNORECASE)
 _SELF_BEFORE = re.compile(r"(?:\bI am|\bI'm|\bmy name is|\bmy name's|\bcall me|\bthis is|\bit's|\bme,)\s+(?:\w+\s+)?$",
                           re.IGNORECASE)
 
 
-def identity_faults(reply: str, name: str, told: list[str] = (), history: bool = False) -> list[tuple[str, str]]:
+def identity_faults(reply: str, name: str, told: list[str] = (), history: bool = False,
+                    unknown: bool = False, own: bool = False, asked: str = "") -> list[tuple[str, str]]:
     """(fault, words) for each identity slip in ``reply``: "own_name_to_user" ("Hello Sam!" from Sam),
-    "third_person" ("Sam tried ..."), "claims_user_name" ("your name is Alex" when not told) or
-    "claims_user_fact" ("you told me" in a first conversation)."""
+    "third_person" ("Sam tried ..."), "claims_user_name" ("your name is Alex" when not told), "wrong_own_name"
+    ("I am Maria." to "My name is Maria. What's yours?"),
+    "claims_user_fact" ("you told me" in a first conversation), or, when the user asked for a name they
+    never gave (``unknown``), "name_not_admitted_unknown": a reply that does not say it does not know
+    ("I am Sam." to "What is my name?"); "own_name_missing" when asked who it is (``own``) and its name is
+    not in the reply; "unasked_name_talk" when the reply talks of the user's name and ``asked`` (the
+    prompt) did not (a rule quoted in the prompt that a small model repeats to everything)."""
     text = reply.replace("’", "'")
     faults: list[tuple[str, str]] = []
     told_lower = {t.lower() for t in told}
@@ -49,8 +61,17 @@ def identity_faults(reply: str, name: str, told: list[str] = (), history: bool =
             if word.lower() in _NOT_A_NAME or word.lower() in told_lower or word == name:
                 continue
             faults.append(("claims_user_name", match.group()))
+    for match in _I_AM.finditer(text):
+        if match.group(1) != name and match.group(1).lower() not in _NOT_A_NAME:
+            faults.append(("wrong_own_name", match.group()))  # "I am Maria." after "My name is Maria."
     if not history and (match := _TOLD_ME.search(text)):
         faults.append(("claims_user_fact", match.group()))
+    if own and not re.search(rf"\b{re.escape(name)}\b", text):
+        faults.append(("own_name_missing", text[:40]))  # "Who are you?" answered without it
+    if _YOUR_NAME_TALK.search(text) and not re.search(r"\bname|who I am\b", asked, re.IGNORECASE):
+        faults.append(("unasked_name_talk", text[:40]))  # "I don't know your name yet." to "Cool."
+    if unknown and not _NOT_KNOWN.search(text):
+        faults.append(("name_not_admitted_unknown", text[:40]))
     return faults
 
 
@@ -73,7 +94,9 @@ def run_identity(config, llm, data: dict, *, temperature: float, max_tokens: int
     for number, item in enumerate(data["prompts"]):
         for attempt in range(repeats):
             reply = _reply(llm, _messages(config, llm, item), temperature=temperature, max_tokens=max_tokens)
-            faults = identity_faults(reply, name, item.get("told", []), history=bool(item.get("history")))
+            faults = identity_faults(reply, name, item.get("told", []), history=bool(item.get("history")),
+                                     unknown=bool(item.get("unknown")), own=bool(item.get("self")),
+                                     asked=item["q"])
             records.append({"prompt": number, "q": item["q"], "attempt": attempt, "reply": reply, "faults": faults})
             progress(f"{'BAD' if faults else 'ok '} {item['q']!r}\n      {reply!r}" + (f"\n      {faults}" if faults else ""))
     failed = {r["prompt"] for r in records if r["faults"]}
