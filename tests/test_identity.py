@@ -19,7 +19,7 @@ def test_identity_rules_follow_the_persona_and_keep_the_prompt_cache():
     config = load_config(None)
     base = config.system_prompt
     ruled = with_identity(base)
-    assert ruled.startswith("You are Sam, a friendly digital human who talks with people by voice. Sam is your "
+    assert ruled.startswith("You are Sam, a friendly digital human who talks with people by voice. Sam is your own "
                             "name, not the user's") and ruled.endswith(base.split(". ", 1)[1])
     assert with_identity(ruled) == ruled  # applied once
     # The warm-up builds its prompt with the knowledge instruction already in; a turn adds it after
@@ -72,3 +72,31 @@ def test_the_identity_set_is_as_the_issue_asks():
     assert any(p.get("history") for p in prompts)  # after a barge-in: an assistant reply cut short
     general = json.loads((DATA / "general.json").read_text(encoding="utf-8"))["questions"]
     assert len(general) >= 40
+
+
+# -- a real model -------------------------------------------------------------------------------------------------
+# The issue's three slips (the agent's own name given to the user, itself in the third person, a user's name
+# or fact it was not told) must not occur; the stricter checks of the set (an unknown name admitted, its own
+# name given when asked, the user's name taken for its own) are held to what the model measured (docs/trust-measurements.md): the 0.5B, the
+# smallest model that has none of the three slips (SmolLM2-135M has them), answers "What is my name?" with
+# "I am Sam." at temperature 0 whatever the prompt says.
+ISSUE_SLIPS = {"own_name_to_user", "third_person", "claims_user_name", "claims_user_fact"}
+
+
+@pytest.mark.slow
+def test_the_default_small_model_knows_who_it_is():
+    from avatar.models.loading import load_llm
+    from avatar.tools.persona_evaluate import run_identity
+
+    config = load_config(None, {"llm": {"model": "qwen2.5-0.5b", "slots": 1, "engines": 1}})
+    llm = load_llm(config.llm)
+    data = json.loads((DATA / "identity.json").read_text(encoding="utf-8"))
+    try:
+        result = run_identity(config, llm, data, temperature=0.0, max_tokens=config.llm.max_tokens,
+                              progress=lambda line: None)
+    finally:
+        llm.close()
+    slips = [(r["q"], r["reply"], r["faults"]) for r in result["records"]
+             if any(kind in ISSUE_SLIPS for kind, _ in r["faults"])]
+    assert slips == []
+    assert result["summary"]["prompts_passed"] >= 31, result["summary"]

@@ -11,12 +11,13 @@ from avatar.conversation.memory import Turn
 # Small models confuse the persona's name with the user's: Qwen 0.5B greeted a user who gave no name with
 # "Hello Sam!" (its own), answered "Do you know my name?" with its own, and said "Sam tried to solve a
 # problem" of itself (issue 25). Saying whose name it is, and that the user's is unknown, took the 0.5B from
-# 24 to 32 of the 35 prompts of tests/data/persona/identity.json, with no slip of the issue's three kinds
-# left (docs/trust-measurements.md: a quoted example answer was parroted to every prompt, and "my means
-# the user" did worse). Added where the persona's prompt opens with "You are NAME"; an operator's prompt
+# 24 to 30 of the 35 prompts of tests/data/persona/identity.json, with no slip of the issue's three kinds
+# left (docs/trust-measurements.md). Not in it: "if asked, say you do not know it" (the 0.5B then answered
+# "What is your phone number?" with "I do not know it." on a knowledge base), a quoted example answer
+# (parroted to every prompt), "'my' means the user" (worse). Added where the persona's prompt opens with "You are NAME"; an operator's prompt
 # of another shape is left as written.
-IDENTITY = ("{name} is your name, not the user's: speak of yourself as \"I\", never as {name}. You do not know "
-            "the user's name until they say it; if asked, say you do not know it, and never call them by a name.")
+IDENTITY = ("{name} is your own name, not the user's. Speak of yourself as \"I\", never as {name}. You do not "
+            "know the user's name or anything about them until they tell you, so never call them by a name.")
 _PERSONA = re.compile(r"^\s*You are ([A-Z][\w'-]*(?: [A-Z][\w'-]*)?)(?:[.!]|,[^.!?]*[.!?])")
 
 
@@ -25,7 +26,7 @@ def with_identity(system_prompt: str) -> str:
     text whether or not a knowledge instruction follows (the warm-up's prompt and a turn's agree, so the
     LLM slot's prompt cache holds), and before anything the prompt ends with (the reply language)."""
     match = _PERSONA.match(system_prompt)
-    if match is None or "your name, not the user's" in system_prompt:
+    if match is None or "your own name, not the user's" in system_prompt:
         return system_prompt
     rule = IDENTITY.format(name=match.group(1))
     return f"{system_prompt[:match.end()]} {rule}{system_prompt[match.end():]}"

@@ -58,10 +58,10 @@ def stem(word: str) -> str:
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if len(word) > 5 and word.endswith(("ed", "ing")):  # "returned", "opening"
-        return word[: -2 if word.endswith("ed") else -3]
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
+        word = word[: -2 if word.endswith("ed") else -3]
+    elif len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    return word[:-1] if len(word) > 4 and word.endswith("e") else word  # "smoke" = "smoking" = "smok"
 
 
 def topic(text: str) -> set[str]:
@@ -149,7 +149,8 @@ def contradiction(clause: str, question: str, evidence_texts: list[str]) -> Cont
         return None
     claim_words = topic(clause)
     word = answer_word(clause)
-    least = 1
+    # A sentence that shares one word ("appointment") with a claim of several is about something else.
+    least = min(2, len(claim_words & asked))
     if claim_words & asked:
         claim_negative = negative(clause)
     elif word is not None and not claim_words and is_yes_no(question):
