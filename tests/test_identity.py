@@ -30,7 +30,7 @@ def test_identity_rules_follow_the_persona_and_keep_the_prompt_cache():
     assert warm[0]["content"] == turn[0]["content"] + instruction
     # An operator's prompt of another shape is left as written.
     assert with_identity("Answer briefly. You are a kiosk.") == "Answer briefly. You are a kiosk."
-    assert with_identity("You are Ada. Be kind.").startswith("You are Ada. Ada is your name, not the user's")
+    assert with_identity("You are Ada. Be kind.").startswith("You are Ada. Ada is your own name, not the user's")
     assert with_identity(load_config(None, {"persona": {"language": "zh"}}).system_prompt).endswith("请用简体中文回答。")
 
 
