@@ -50,6 +50,7 @@ def speak(index, question: str, clauses: list[str], *, hold: bool = True, phone:
     ("dental", "Do you accept cheques?", ["Yes, we accept cheques."], "We do not accept cheques."),  # "we do not"
     ("inn", "Is there a lift in the inn?", ["Yes, there is a lift."], "no lift"),  # "no X"
     ("inn", "Can I bring my cat?", ["Sure, cats are welcome."], "Cats and other pets are not allowed."),  # "not allowed"
+    ("inn", "Can I bring my cat?", ["Yes, I can bring my cat."], "Cats and other pets are not allowed."),  # 0.5B's words
     ("inn", "Can I smoke on the balcony?", ["Yes, you can smoke on the balcony."], "Smoking is not allowed"),
     ("inn", "Do you have an airport shuttle?", ["Yes, we have an airport shuttle."], "We have no airport shuttle."),
     ("shop", "Can I return something I bought?", ["No, you cannot return it."], "can be returned within 30 days"),

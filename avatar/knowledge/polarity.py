@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from avatar.knowledge.terms import EN_STOP
+from avatar.knowledge.terms import ANSWER_WORDS, EN_STOP
 
 # "without" and "except" are left out: "walk in without an appointment", "paid without interest" and
 # "except for emergencies" qualify, they do not deny.
@@ -44,12 +44,13 @@ _LABEL = re.compile(r"^[A-Z][\w' -]{0,30}:\s+")
 _FIELD = re.compile(r"^[^:.]{1,30}:\s*[^\s][^.;]{0,40}\.?$")
 _CAPS_HEADING = re.compile(r"^(?:[A-Z]{2,}\s+)+(?=[A-Z][a-z])")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\s*;\s+|\n+")
-# Words that carry the negation or the answer, not the topic.
+# Words that carry the negation or the answer, not the topic: also the words that say what kind of answer a
+# question wants ("bring", "take", "get"), so that "Can I bring my cat?" is about the cat.
 _NOT_TOPIC = frozenset("""not never cannot can't nor none nothing nobody closed unable unavailable except without
 prohibited forbidden neither no yes yeah yep sure course absolutely certainly definitely unfortunately sorry
 don't doesn't isn't aren't won't wasn't weren't didn't haven't hasn't shouldn't couldn't wouldn't mustn't
 we'd we're we'll we've you'd you're you'll you've it's that's there's they're i'm i'll i've i'd
-allowed welcome possible available offer offers accept accepts shut""".split()) | EN_STOP
+allowed welcome possible available offer offers accept accepts shut""".split()) | EN_STOP | ANSWER_WORDS
 
 
 def stem(word: str) -> str:

@@ -139,7 +139,10 @@ def run_eval(config, llm, folder: Path, questions: dict, *, temperature: float, 
                   "contradicted": [c.evidence for c in grounding.contradicted], **times}
         if kind == "known":
             # Known questions may state anything the folder holds; unknown ones only the phone number.
-            allowed = Support(f"{phone} {corpus}", names_from=f"{q} {questions.get('business', '')}")
+            # The user's own numbers ("my 12-year-old") are theirs, and the persona's name is no invention
+            # of a fact (a reply that is only "I am Sam." is an evasion).
+            allowed = Support(f"{phone} {corpus} {q}",
+                              names_from=f"{questions.get('business', '')} {config.persona.name}")
             record.update(score(item, raw, allowed, prefix="raw_"), **score(item, spoken, allowed),
                           retrieved=item.get("source") in grounding.sources)
         elif kind == "unknown":
