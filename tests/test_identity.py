@@ -48,6 +48,8 @@ def test_identity_rules_follow_the_persona_and_keep_the_prompt_cache():
     ("You told me you like cats.", ["claims_user_fact"]),
     ("I am Maria.", ["wrong_own_name"]),
     ("I'm glad you asked! I'm Sam.", []),
+    ("I am a digital human named Sam.", []),
+    ("I'm a digital human, Sam, a friendly one.", []),
 ])
 def test_identity_slips_are_scored(reply, faults):
     assert [kind for kind, _ in identity_faults(reply, "Sam", told=["Maria"], asked="What is my name?")] == faults

@@ -30,8 +30,9 @@ _NOT_KNOWN = re.compile(r"\b(?:don't|do not|didn't|did not|haven't|have not|can'
 _I_AM = re.compile(r"\b(?:I am|I'm|my name is|my name's)\s+([A-Z][a-z]+)\b")
 _YOUR_NAME_TALK = re.compile(r"\byour name\b", re.IGNORECASE)
 _TOLD_ME = re.compile(r"\byou (?:told me|said|mentioned)\b", re.IGNORECASE)
-_SELF_BEFORE = re.compile(r"(?:\bI am|\bI'm|\bmy name is|\bmy name's|\bcall me|\bthis is|\bit's|\bme,)\s+(?:\w+\s+)?$",
-                          re.IGNORECASE)
+# The persona naming itself: "I'm Sam", "a digital human named Sam", "I'm a digital human, Sam, ...".
+_SELF_BEFORE = re.compile(r"(?:\bI am|\bI'm|\bmy name is|\bmy name's|\bcall me|\bthis is|\bit's|\bme,|\bnamed|"
+                          r"\bcalled)\s+(?:\w+\s+)?$|\bI(?:'m| am)\b[^.!?]{0,40},\s*$", re.IGNORECASE)
 
 
 def identity_faults(reply: str, name: str, told: list[str] = (), history: bool = False,
