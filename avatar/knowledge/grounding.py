@@ -46,7 +46,7 @@ MORE = {
     "zh": ("更多详情请拨打 {phone}。", "更多详情请咨询店内工作人员。"),
 }
 # A stop that ends a title, not a sentence: "Dr." + "Priya Raman opened the clinic" is one sentence.
-_ABBREVIATION = re.compile(r"(?:^|\s)(?:Dr|Mr|Mrs|Ms|Prof|St|No|Mt|Ave|Rd|approx|e\.g|i\.e|etc)\.\s*$")
+_ABBREVIATION = re.compile(r"(?:^|\s)(?:Dr|Mr|Mrs|Ms|Prof|St|Mt|Ave|Rd|approx|e\.g|i\.e|etc)\.\s*$")
 # A question for an amount: a word of it that no document holds means no document holds the amount ("How
 # much is a bike helmet?"). Other questions may use words the documents do not ("Who *founded* the clinic?"
 # of a clinic that "opened in 2009"; a dental emergency "at *night*"), and their numbers are still facts.
