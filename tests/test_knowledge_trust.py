@@ -282,3 +282,21 @@ def test_default_model_answers_where_when_and_how_much_with_the_fact(ask_default
     raw, spoken = ask_default(folder, question)
     assert re.search(expect, spoken, re.IGNORECASE), (raw, spoken)
     assert whole(spoken), spoken
+
+
+# -- where, when, how much: the asked kind of fact ----------------------------------------------------------------
+@pytest.mark.parametrize("folder, question, reply, spoken", [
+    # The 0.5B's own words on these folders, and what the passages say instead.
+    ("dental", "Where is the clinic?", "The clinic is located at Maple Street, Riverton.",
+     "Maple Street Dental is a family dental clinic at 47 Maple Street, Riverton."),
+    ("dental", "What time do you close on Fridays?", "The clinic is closed on Fridays.", "Friday: 8:00 to 14:00."),
+    ("inn", "When do I have to check out?", "You can check out any time before noon.", "Check-out is by 11:00."),
+    # A table's row is given whole, and a price must be a price ("lasts 10 to 15 years" is not one).
+    ("dental", "How much does a filling cost?", "A filling is affordable.",
+     "Treatment: Filling; Price: $150; Duration: 40 minutes."),
+    # Already with the fact, or no passage on the topic has a street number: unchanged.
+    ("shop", "How much is a basic tune-up?", "A basic tune-up is $45.", "A basic tune-up is $45."),
+    ("dental", "Where can I park my car?", "You can park behind the building.", "You can park behind the building."),
+])
+def test_a_where_when_or_how_much_answer_without_the_fact_gets_the_passage(indexes, folder, question, reply, spoken):
+    assert speak(indexes[folder], question, [reply]) == spoken

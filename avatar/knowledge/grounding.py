@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from avatar.knowledge.answers import missing_fact
 from avatar.knowledge.index import Passage
 from avatar.knowledge.polarity import (Contradiction, answer_disagrees, answer_word, contradiction, is_yes_no,
                                        topic)
@@ -102,6 +103,8 @@ class Grounding:
     said: list[str] = field(default_factory=list)  # sentences released
     contradicted: list[Contradiction] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)  # passage texts a yes or no is compared with
+    answered: bool = False  # a sentence on the question's topic was released (answers.missing_fact judged it)
+    completed: list[tuple[str, str]] = field(default_factory=list)  # (sentence, the passage's) replaced
 
     @property
     def sources(self) -> list[str]:
@@ -160,6 +163,12 @@ class Grounding:
             text = statement  # "Yes, parties are not allowed." says "Parties are not allowed."
         if text and (found := self.contradicts(text)) is not None:
             return self._fail(found)
+        if text and not self.answered and not has_cjk(text):
+            fact = missing_fact(self.user_text, text, self.evidence)
+            if fact is not None:  # "Located at Maple Street" to "Where is the clinic?": the passage's address
+                self.completed.append((text, fact))
+                text = fact
+            self.answered = fact is not None or bool(topic(text) & topic(self.user_text))
         self.pending.clear()
         if text:
             self.said.append(text)

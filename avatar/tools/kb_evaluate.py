@@ -136,7 +136,8 @@ def run_eval(config, llm, folder: Path, questions: dict, *, temperature: float, 
                   "prompt_ms": timing.get("prompt_ms"), "plain_prompt_ms": plain_timing.get("prompt_ms"),
                   "facts_tokens_estimated": grounding.tokens,
                   "facts_tokens_counted": sum(llm.count_tokens(p.render()) + 2 for p in grounding.passages),
-                  "contradicted": [c.evidence for c in grounding.contradicted], **times}
+                  "contradicted": [c.evidence for c in grounding.contradicted],
+                  "completed": [fact for _, fact in grounding.completed], **times}
         if kind == "known":
             # Known questions may state anything the folder holds; unknown ones only the phone number.
             # The user's own numbers ("my 12-year-old") are theirs, and the persona's name is no invention
