@@ -206,6 +206,10 @@ class KnowledgeConfig:
     poll_s: float = 2.0  # how often the folder is checked for new, changed and deleted files (0: never)
     # Replace reply clauses whose numbers, prices, times or names the retrieved passages do not support.
     check: bool = True
+    # The check releases a reply a whole sentence at a time (its clauses held until the sentence ends), so
+    # that a failed clause replaces its whole sentence instead of leaving half of it spoken (issue 25).
+    # False: each clause is spoken as soon as it passes (the first words come sooner).
+    whole_sentences: bool = True
     phone: str = ""  # offered when the answer is unknown; "" = the first phone number found in the documents
 
 

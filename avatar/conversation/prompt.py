@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 from avatar.conversation.memory import Turn
+
+# Small models confuse the persona's name with the user's: Qwen 0.5B greeted a user who gave no name with
+# "Hello Sam!" (its own), answered "Do you know my name?" with its own, and said "Sam tried to solve a
+# problem" of itself (issue 25). Saying whose name it is, and that the user's is unknown, took the 0.5B from
+# 24 to 30 of the 35 prompts of tests/data/persona/identity.json, with no slip of the issue's three kinds
+# left (docs/trust-measurements.md). Not in it: "if asked, say you do not know it" (the 0.5B then answered
+# "What is your phone number?" with "I do not know it." on a knowledge base), a quoted example answer
+# (parroted to every prompt), "'my' means the user" (worse). Added where the persona's prompt opens with "You are NAME"; an operator's prompt
+# of another shape is left as written.
+IDENTITY = ("{name} is your own name, not the user's. Speak of yourself as \"I\", never as {name}. You do not "
+            "know the user's name or anything about them until they tell you, so never call them by a name.")
+_PERSONA = re.compile(r"^\s*You are ([A-Z][\w'-]*(?: [A-Z][\w'-]*)?)(?:[.!]|,[^.!?]*[.!?])")
+
+
+def with_identity(system_prompt: str) -> str:
+    """``system_prompt`` with the IDENTITY rules after its first sentence ("You are Sam, ..."): the same
+    text whether or not a knowledge instruction follows (the warm-up's prompt and a turn's agree, so the
+    LLM slot's prompt cache holds), and before anything the prompt ends with (the reply language)."""
+    match = _PERSONA.match(system_prompt)
+    if match is None or "your own name, not the user's" in system_prompt:
+        return system_prompt
+    rule = IDENTITY.format(name=match.group(1))
+    return f"{system_prompt[:match.end()]} {rule}{system_prompt[match.end():]}"
 
 
 @dataclass
@@ -36,6 +60,7 @@ def build_prompt(
     """Chat messages for the model: the system prompt, as many recent turns as fit the token budget, and
     the new user text. Old turns are dropped from the prompt (they stay in the database). With a
     ``window`` (one per conversation), the prompt keeps starting at the same turn while it fits."""
+    system_prompt = with_identity(system_prompt)
     used = count_tokens(system_prompt) + count_tokens(user_text) + 16
     recent = history[-max_turns:] if max_turns > 0 else []
     pairs = []

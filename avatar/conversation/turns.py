@@ -224,11 +224,12 @@ class TurnRunner:
             speaker = asyncio.create_task(self._speak(turn, clauses))
             splitter = ClauseSplitter()
 
-            def say(clause: str) -> None:
+            def say(clause: str | None) -> None:
                 if grounding is not None:
-                    # Checked before it is spoken, shown or remembered: the text streams clause by clause.
+                    # Checked before it is spoken, shown or remembered: the text streams a sentence at a
+                    # time (None: the reply ended, its last unfinished sentence may go).
                     started = time.perf_counter()
-                    clause = grounding.check(clause)
+                    clause = grounding.check(clause) if clause is not None else grounding.finish()
                     turn.knowledge_s += time.perf_counter() - started
                     if not clause:
                         return
@@ -250,6 +251,8 @@ class TurnRunner:
                         say(clause)
                 for clause in splitter.flush():
                     say(clause)
+                if grounding is not None:
+                    say(None)
             finally:
                 clauses.put_nowait(None)
             await speaker

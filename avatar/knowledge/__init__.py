@@ -25,12 +25,13 @@ def index_path(data_path: Path) -> Path:
 
 class Knowledge:
     def __init__(self, index: KnowledgeIndex, cfg, *, count_tokens: Callable[[str], int] = approx_tokens,
-                 language: str = "en", persona_text: str = ""):
+                 language: str = "en", persona_text: str = "", persona_name: str = ""):
         self.index = index
         self.cfg = cfg
         self.count_tokens = count_tokens
         self.language = language
         self.persona_text = persona_text
+        self.persona_name = persona_name
         self.watcher: Watcher | None = None
         self._standing: tuple[int, tuple[str, int] | None] | None = None  # (index version, standing())
 
@@ -45,7 +46,8 @@ class Knowledge:
         index = KnowledgeIndex(cfg.path, index_path(config.data_path), chunk_chars=cfg.chunk_chars)
         report = index.sync()
         knowledge = cls(index, cfg, count_tokens=count_tokens, language=config.persona.language,
-                        persona_text=f"{config.persona.name} {config.system_prompt}")
+                        persona_text=f"{config.persona.name} {config.system_prompt}",
+                        persona_name=config.persona.name)
         files = len(index.files())
         progress(f"knowledge: {index.root}: {files} files, {index.count()} passages ({report.describe()}) "
                  f"in {time.monotonic() - t0:.2f} s; phone offered: {knowledge.phone or '(none)'}")
@@ -106,7 +108,8 @@ class Knowledge:
         return make_grounding(self.index, user_text, history=history, top_k=cfg.top_k,
                               budget_tokens=cfg.budget_tokens, check=cfg.check, phone=self.phone,
                               language=self.language, count_tokens=self.count_tokens,
-                              persona_text=self.persona_text, standing=self.standing())
+                              persona_text=self.persona_text, standing=self.standing(),
+                              persona_name=self.persona_name, hold=cfg.whole_sentences)
 
     def close(self) -> None:
         if self.watcher is not None:

@@ -40,7 +40,8 @@ number numbers name names price prices cost costs charge charges fee fees pay pa
 dates day days long often big old new need needs bring get buy bought purchase something anything thing things
 kind type way right now today currently exactly usually still ever else other another someone somebody anyone
 person people place go come find give take make use used available possible allowed able good best usual ask
-question tell say call help fast quick quickly soon late early far
+question tell say call help fast quick quickly soon late early far goes going went gets getting takes taking
+run runs leave leaves
 """.split())
 
 

@@ -36,12 +36,20 @@ def register(sub, config_options) -> None:
     a = actions.add_parser("list", help="list the indexed files, their passages and any read errors")
     common(a)
     a.set_defaults(func=cmd_list)
-    a = actions.add_parser("eval", help="ask a question list with the configured LLM and score the answers")
-    a.add_argument("questions", help="JSON question list (see tests/data/kb/questions.json)")
+    a = actions.add_parser("eval", help="ask question lists with the configured LLM and score the answers")
+    a.add_argument("questions", nargs="+", help="JSON question lists (see tests/data/kb/questions.json); each "
+                   "names its folder ('folder', relative to the file) unless --folder is given")
     a.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: repeatable)")
     a.add_argument("--out", metavar="FILE", help="write every question's reply and score here (JSON)")
     common(a)
     a.set_defaults(func=cmd_eval)
+    a = actions.add_parser("persona", help="score identity slips and general-knowledge answers with the configured LLM")
+    a.add_argument("sets", nargs="+", help="tests/data/persona/identity.json and/or general.json")
+    a.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: repeatable)")
+    a.add_argument("--repeats", type=int, default=1, help="replies per identity prompt (default 1)")
+    a.add_argument("--out", metavar="FILE", help="write every reply and its score here (JSON)")
+    config_options(a)
+    a.set_defaults(func=cmd_persona)
     a = actions.add_parser("bench", help="time indexing and retrieval on a generated folder")
     a.add_argument("--docs", type=int, default=1000, help="documents to generate (default 1000)")
     a.add_argument("--queries", type=int, default=300, help="searches to time (default 300)")
@@ -136,16 +144,57 @@ def cmd_eval(args) -> int:
     from avatar.tools.kb_evaluate import load_questions, run_eval
 
     config = _config(args)
-    if not config.knowledge.path:
-        raise ConfigError("avatar kb eval needs the documents: give --folder DIR (e.g. tests/data/kb/shop)")
-    questions = load_questions(Path(args.questions))
+    sets = []
+    for name in args.questions:
+        questions = load_questions(Path(name))
+        folder = config.knowledge.path if args.folder or not questions.get("folder") else \
+            str(Path(name).parent / questions["folder"])
+        if not folder:
+            raise ConfigError(f"{name} names no folder: give --folder DIR (e.g. tests/data/kb/shop)")
+        sets.append((name, folder, questions))
+    if args.folder and len(sets) > 1:
+        raise ConfigError("--folder goes with one questions file; several files each name their own folder")
     llm = load_llm(config.llm)
-    result = run_eval(config, llm, Path(config.knowledge.path), questions, temperature=args.temperature,
-                      max_tokens=config.llm.max_tokens, progress=lambda line: print(line, flush=True))
-    result["summary"].update(model=config.llm.model, backend=config.llm.backend, temperature=args.temperature)
+    results = []
+    for name, folder, questions in sets:
+        result = run_eval(config, llm, Path(folder), questions, temperature=args.temperature,
+                          max_tokens=config.llm.max_tokens, progress=lambda line: print(line, flush=True))
+        result["summary"].update(model=config.llm.model, backend=config.llm.backend,
+                                 temperature=args.temperature, folder=folder, questions_file=name)
+        results.append(result)
+        print(json.dumps(result["summary"], ensure_ascii=False), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
-    print(json.dumps(result["summary"], ensure_ascii=False))
+        out = results[0] if len(results) == 1 else {"runs": results}
+        Path(args.out).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
+    print("folder\tmodel\tright facts\twrong polarity\tinvented specifics\tevasions")
+    for result in results:
+        s = result["summary"]
+        print(f"{Path(s['folder']).name}\t{s['model']}\t{s['right_facts']:.0%} of {s['known']}\t"
+              f"{s['wrong_polarity']}\t{s['invented_specifics']}\t{s['evasions']} ({s['evasion_share']:.0%})")
+    return 0
+
+
+def cmd_persona(args) -> int:
+    from avatar.models.loading import load_llm
+    from avatar.tools.kb_evaluate import load_questions
+    from avatar.tools.persona_evaluate import run_general, run_identity
+
+    config = _config(args)
+    sets = [(name, load_questions(Path(name))) for name in args.sets]
+    llm = load_llm(config.llm)
+    results, progress = {}, (lambda line: print(line, flush=True))
+    for name, data in sets:
+        if "prompts" in data:
+            result = run_identity(config, llm, data, temperature=args.temperature, max_tokens=config.llm.max_tokens,
+                                  repeats=args.repeats, progress=progress)
+        else:
+            result = run_general(config, llm, data, temperature=args.temperature, max_tokens=config.llm.max_tokens,
+                                 progress=progress)
+        result["summary"].update(model=config.llm.model, temperature=args.temperature, set=name)
+        results[name] = result
+        print(json.dumps(result["summary"], ensure_ascii=False), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=1), encoding="utf-8")
     return 0
 
 

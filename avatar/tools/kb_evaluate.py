@@ -21,16 +21,33 @@ from avatar.conversation.clauses import ClauseSplitter
 from avatar.conversation.prompt import build_prompt
 from avatar.knowledge import Knowledge, KnowledgeIndex
 from avatar.knowledge.grounding import approx_tokens, make_grounding
+from avatar.knowledge.polarity import answer_word, reply_polarity
 from avatar.knowledge.specifics import Support, specifics
 
 
-def checked_reply(pieces, grounding) -> tuple[str, str]:
-    """(raw reply, reply as spoken) for a stream of LLM pieces: clause by clause, as the session does."""
-    splitter, raw, spoken = ClauseSplitter(), "", []
+DONT_KNOW = re.compile(r"don't have|do not have|don't know|do not know|not sure|no information|can't tell|"
+                       r"cannot tell|call us|ask a member", re.IGNORECASE)
+
+
+def checked_reply(pieces, grounding, times: dict | None = None) -> tuple[str, str]:
+    """(raw reply, reply as spoken) for a stream of LLM pieces: clause by clause, as the session does.
+    ``times`` gets the milliseconds to the first clause written and to the first text released by the check
+    (later when the check holds a sentence until it ends: what knowledge.whole_sentences costs)."""
+    splitter, raw, spoken, t0 = ClauseSplitter(), "", [], time.perf_counter()
+
+    def mark(key: str, present: bool) -> None:
+        if times is not None and present and key not in times:
+            times[key] = round((time.perf_counter() - t0) * 1000, 1)
+
     for piece in pieces:
         raw += piece
-        spoken += [grounding.check(c) for c in splitter.push(piece)]
-    spoken += [grounding.check(c) for c in splitter.flush()]
+        clauses = splitter.push(piece)
+        mark("first_clause_ms", bool(clauses))
+        spoken += [grounding.check(c) for c in clauses]
+        mark("first_spoken_ms", any(spoken))
+    spoken += [grounding.check(c) for c in splitter.flush()] + [grounding.finish()]
+    mark("first_clause_ms", True)
+    mark("first_spoken_ms", True)
     return raw.strip(), " ".join(c for c in spoken if c)
 
 
@@ -47,6 +64,31 @@ def invented(reply: str, allowed: Support) -> list[str]:
     return [s.text for s in specifics(reply) if not allowed.supports(s)]
 
 
+def score(item: dict, reply: str, allowed: Support, prefix: str = "") -> dict:
+    """One known question's verdict (issue 25): "right" (the expected fact, and for a yes/no question the
+    true answer), "wrong_polarity" (yes for no or no for yes), "invented" (a number or name no document
+    holds), "evasion" (no answer, or an answer without the fact: "I don't know" to a question the
+    documents answer), or "wrong" (another fact of the documents)."""
+    found = bool(re.search(item["expect"], reply, re.IGNORECASE))
+    answer = reply_polarity(item["q"], reply) if item.get("polarity") else None
+    made_up = invented(reply, allowed)
+    # A reply with no "yes" or "no" in front is judged by its statement's literal polarity, which an
+    # antonym fools ("Is breakfast extra?" - "Breakfast is included."): the expected fact then decides.
+    said_word = answer_word(reply)
+    if item.get("polarity") and answer is not None and answer != item["polarity"] and (said_word or not found):
+        verdict = "wrong_polarity"
+    elif made_up:
+        verdict = "invented"
+    elif found:
+        verdict = "right"
+    elif not reply or DONT_KNOW.search(reply) or (item.get("polarity") and answer is None):
+        verdict = "evasion"
+    else:
+        verdict = "wrong" if specifics(reply) else "evasion"  # no fact at all is an evasion too
+    return {f"{prefix}ok": verdict == "right", f"{prefix}verdict": verdict, f"{prefix}invented": made_up,
+            f"{prefix}polarity": answer}
+
+
 def run_eval(config, llm, folder: Path, questions: dict, *, temperature: float, max_tokens: int,
              progress=print) -> dict:
     """Ask every question once; return the per-question records and the summary."""
@@ -55,6 +97,7 @@ def run_eval(config, llm, folder: Path, questions: dict, *, temperature: float, 
     config.knowledge.path = str(folder)
     knowledge = Knowledge.open(config, count_tokens=llm.count_tokens, progress=progress, watch=False)
     phone = knowledge.phone
+    corpus = "\n".join(p.render() for p in knowledge.index.all_passages())
     records = []
 
     def ask(kind: str, item: dict) -> dict:
@@ -82,7 +125,8 @@ def run_eval(config, llm, folder: Path, questions: dict, *, temperature: float, 
                     first.append((time.perf_counter() - t1) * 1000)
                 yield piece
 
-        raw, spoken = checked_reply(stream(), grounding)
+        times: dict = {}
+        raw, spoken = checked_reply(stream(), grounding, times)
         timing = getattr(llm, "last_timings", {}).get("kb-eval-grounded", {})
         record = {"kind": kind, "q": q, "raw": raw, "spoken": spoken, "sources": grounding.sources,
                   "flagged": [s.text for s in grounding.flagged], "replaced": grounding.replaced,
@@ -91,15 +135,22 @@ def run_eval(config, llm, folder: Path, questions: dict, *, temperature: float, 
                   "prompt_evaluated": timing.get("prompt_n"), "plain_prompt_evaluated": plain_timing.get("prompt_n"),
                   "prompt_ms": timing.get("prompt_ms"), "plain_prompt_ms": plain_timing.get("prompt_ms"),
                   "facts_tokens_estimated": grounding.tokens,
-                  "facts_tokens_counted": sum(llm.count_tokens(p.render()) + 2 for p in grounding.passages)}
+                  "facts_tokens_counted": sum(llm.count_tokens(p.render()) + 2 for p in grounding.passages),
+                  "contradicted": [c.evidence for c in grounding.contradicted],
+                  "completed": [fact for _, fact in grounding.completed], **times}
         if kind == "known":
-            pattern = re.compile(item["expect"], re.IGNORECASE)
-            record.update(ok=bool(pattern.search(spoken)), raw_ok=bool(pattern.search(raw)),
+            # Known questions may state anything the folder holds; unknown ones only the phone number.
+            # The user's own numbers ("my 12-year-old") are theirs, and the persona's name is no invention
+            # of a fact (a reply that is only "I am Sam." is an evasion).
+            allowed = Support(f"{phone} {corpus} {q}",
+                              names_from=f"{questions.get('business', '')} {config.persona.name}")
+            record.update(score(item, raw, allowed, prefix="raw_"), **score(item, spoken, allowed),
                           retrieved=item.get("source") in grounding.sources)
         elif kind == "unknown":
             allowed = Support(phone, names_from=f"{q} {config.persona.name} {questions.get('business', '')}")
             record.update(invented=invented(spoken, allowed), raw_invented=invented(raw, allowed))
             record["ok"] = not record["invented"]
+            record["verdict"] = "right" if record["ok"] else "invented"
         else:
             record["ok"] = bool(spoken) and not grounding.replaced
         mark = "ok " if record["ok"] else "BAD"
@@ -165,6 +216,8 @@ def summarize(records: list[dict]) -> dict:
         "no_invented_unknown_raw": round(sum(not r["raw_invented"] for r in unknown) / len(unknown), 3)
         if unknown else None,
         "smalltalk_ok": share(small, "ok"),
+        # Issue 25's four numbers, of the reply as spoken (raw_*: as the model wrote it).
+        **verdicts(known, unknown, ""), **verdicts(known, unknown, "raw_"),
         "ground_ms_p50": round(statistics.median(r["ground_ms"] for r in records), 2) if records else None,
         "first_token_ms_p50": _median(records, "first_token_ms"),
         "plain_first_token_ms_p50": _median(records, "plain_first_token_ms"),
@@ -174,7 +227,22 @@ def summarize(records: list[dict]) -> dict:
         "plain_prompt_ms_p50": _median(records, "plain_prompt_ms"),
         "facts_tokens_estimated_p50": _median(records, "facts_tokens_estimated"),
         "facts_tokens_counted_p50": _median(records, "facts_tokens_counted"),
+        "first_clause_ms_p50": _median(records, "first_clause_ms"),
+        "first_spoken_ms_p50": _median(records, "first_spoken_ms"),
     }
+
+
+def verdicts(known: list[dict], unknown: list[dict], prefix: str) -> dict:
+    """Right facts (share of known questions), wrong polarity, invented specifics (known and unknown
+    questions) and evasions (count and share of known questions)."""
+    counts = {v: sum(r.get(f"{prefix}verdict") == v for r in known)
+              for v in ("right", "wrong_polarity", "invented", "evasion", "wrong")}
+    invented_unknown = sum(bool(r[f"{prefix}invented"]) for r in unknown)
+    n = len(known) or 1
+    return {f"{prefix}right_facts": round(counts["right"] / n, 3), f"{prefix}wrong_polarity": counts["wrong_polarity"],
+            f"{prefix}invented_specifics": counts["invented"] + invented_unknown,
+            f"{prefix}evasions": counts["evasion"], f"{prefix}evasion_share": round(counts["evasion"] / n, 3),
+            f"{prefix}wrong_facts": counts["wrong"]}
 
 
 def _median(records: list[dict], key: str) -> float | None:
