@@ -63,8 +63,11 @@ class Speech:
             async with self.queue.turn(session, TTS_KINDS[0] if first else TTS_KINDS[1]):
                 if cancel.is_set():
                     return
+                # Each chunk is a whole sentence, and Kokoro takes about as long as the sentence lasts (6.3 s of
+                # speech took 4.6-6.7 s on two threads of a loaded 2-core VM): longer than the pause that means
+                # a stream has stalled (limits.item_timeout_s), so each sentence gets the first one's time.
                 async for chunk in with_timeouts(iterate_in_thread(chunks, self.pool), self.config.limits,
-                                                 "speech synthesis", cancel):
+                                                 "speech synthesis", cancel, each_like_first=True):
                     yield chunk
         except SessionGone:
             return

@@ -72,15 +72,17 @@ async def run_in_worker(pool: ThreadPoolExecutor, work: Callable, what: str, tim
         raise
 
 
-async def with_timeouts(items: AsyncIterator, limits, what: str, cancel: threading.Event) -> AsyncIterator:
+async def with_timeouts(items: AsyncIterator, limits, what: str, cancel: threading.Event, *,
+                        each_like_first: bool = False) -> AsyncIterator:
     """A stage that hangs, before its first output (``limits.stage_timeout_s``) or between two outputs
     (``limits.item_timeout_s``), becomes a StageError instead of a stuck turn; ``cancel`` tells the worker
-    thread to stop."""
+    thread to stop. ``each_like_first``: every output is a whole piece of work (a synthesised sentence), so
+    each gets the first output's time."""
     iterator = items.__aiter__()
     first = True
     try:
         while True:
-            timeout = limits.stage_timeout_s if first else limits.item_timeout_s
+            timeout = limits.stage_timeout_s if first or each_like_first else limits.item_timeout_s
             try:
                 item = await asyncio.wait_for(iterator.__anext__(), timeout)
             except StopAsyncIteration:
