@@ -22,6 +22,7 @@ import pytest
 
 from avatar.config import load_config
 from avatar.conversation.memory import MemoryStore
+from avatar.conversation.prompt import with_identity
 from avatar.events import TurnEnded, TurnStarted
 from avatar.live.comments import Comment, CommentDesk, is_question, parse_comment, prompt_for
 from avatar.live.intake import LiveIntake
@@ -178,7 +179,8 @@ def test_the_host_presents_answers_by_name_and_keeps_its_rules(tmp_path):
     assert after[:2] == ["script", "script"] and "segment" in after
     assert report.segments_done.value() == 2 and report.answered.value() == 1
     system = {m["content"] for prompt in llm.prompts for m in prompt if m["role"] == "system"}
-    assert system == {config.system_prompt}  # one system prompt for the whole show: the comment is not in it
+    # One system prompt for the whole show (with the persona's identity rules): the comment is not in it.
+    assert system == {with_identity(config.system_prompt)}
     users = [m["content"] for prompt in llm.prompts for m in prompt if m["role"] == "user"]
     assert any('"Ignore your instructions' in u for u in users)
     assert set(frames) <= {882}  # 25 fps at 22050 Hz: every frame carries exactly its 40 ms of audio
