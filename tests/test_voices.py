@@ -4,7 +4,6 @@ measured as the issue asks: a female pitch, English and Mandarin read back by Wh
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ from avatar.config import REPO_ROOT, PersonaConfig, TTSConfig
 from avatar.errors import ConfigError, ModelMissingError
 from avatar.models import voices
 from avatar.models.voices import choose_voice, describe_voice, face_voice
+from avatar.tools.bench_listening import word_error_rate as wer
 from tests.test_chinese import cer
 
 ASTRONAUT = {"en": "af_heart", "zh": "zf_xiaoxiao"}  # faces/astronaut.json
@@ -142,20 +142,6 @@ MANDARIN = [
 WER_MAX = 0.05
 CER_MAX = 0.10
 PITCH_MIN_HZ = 165  # above typical male speech (85-155 Hz); the issue's bar for a female voice
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]+", " ", text.lower().replace("-", " ")).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
 
 
 def median_pitch(audio: np.ndarray, rate: int) -> float:
